@@ -1,0 +1,27 @@
+# Two commands on a fresh machine (see README): `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-slow lint clean
+
+$(VENV)/.installed: pyproject.toml scripts/install.sh
+	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/labelsmooth demo
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks examples scripts
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

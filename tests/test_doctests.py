@@ -1,0 +1,16 @@
+"""The examples in the docstrings are executed, so the documentation cannot drift."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["labelsmooth", "labelsmooth.targets", "labelsmooth.functional", "labelsmooth.nn"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
