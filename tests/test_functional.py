@@ -86,9 +86,7 @@ def test_uniform_equals_pytorch_label_smoothing_index_targets(
 
 @pytest.mark.parametrize(
     ("shapes", "weighted", "reduction", "eps", "impl"),
-    list(
-        itertools.product(SHAPES, [False, True], ["none", "mean", "sum"], [0.0, 0.2, 1.0], IMPLS)
-    ),
+    list(itertools.product(SHAPES, [False, True], ["none", "mean", "sum"], [0.0, 0.2, 1.0], IMPLS)),
 )
 def test_uniform_equals_pytorch_label_smoothing_probability_targets(
     shapes, weighted, reduction, eps, impl
@@ -171,8 +169,16 @@ def test_closed_form_equals_reference(style, weighted, kl, reduction, eps):
 
         def fn(x, t, impl=impl):
             return ls.cross_entropy(
-                x, t, eps, style=style, prior=prior, weight=weight, reduction=reduction, kl=kl,
-                impl=impl, return_nll=True,
+                x,
+                t,
+                eps,
+                style=style,
+                prior=prior,
+                weight=weight,
+                reduction=reduction,
+                kl=kl,
+                impl=impl,
+                return_nll=True,
             )
 
         x = logits.clone().requires_grad_(True)
@@ -257,8 +263,14 @@ def test_fairseq_label_smoothed_nll_loss_with_padding(impl):
     )
     # fairseq hands over log-probabilities; log_softmax of log-probabilities is the identity.
     loss, nll = ls.cross_entropy(
-        lprobs.view(-1, vocab), target.view(-1), 0.1, style="others", ignore_index=pad,
-        reduction="sum", return_nll=True, impl=impl,
+        lprobs.view(-1, vocab),
+        target.view(-1),
+        0.1,
+        style="others",
+        ignore_index=pad,
+        reduction="sum",
+        return_nll=True,
+        impl=impl,
     )
     torch.testing.assert_close(loss, expected_loss)
     torch.testing.assert_close(nll, expected_nll)
@@ -546,8 +558,9 @@ def test_validate_false_skips_the_index_check():
 
 def test_eps_bounds_are_inclusive():
     for k in (2, 3, 7):
-        ls.cross_entropy(torch.randn(3, k), torch.zeros(3, dtype=torch.long), (k - 1) / k,
-                         style="others")
+        ls.cross_entropy(
+            torch.randn(3, k), torch.zeros(3, dtype=torch.long), (k - 1) / k, style="others"
+        )
     ls.cross_entropy(LOGITS, TARGET, 1.0)
     ls.cross_entropy(LOGITS, TARGET, torch.tensor(0.1))  # a 0-dim tensor is a number
 
@@ -555,6 +568,7 @@ def test_eps_bounds_are_inclusive():
 def test_single_class_others_needs_zero_eps():
     with pytest.raises(ValueError, match=r"needs num_classes >= 2"):
         ls.cross_entropy(torch.randn(3, 1), torch.zeros(3, dtype=torch.long), -0.1, style="others")
-    loss = ls.cross_entropy(torch.randn(3, 1), torch.zeros(3, dtype=torch.long), 0.0,
-                            style="others")
+    loss = ls.cross_entropy(
+        torch.randn(3, 1), torch.zeros(3, dtype=torch.long), 0.0, style="others"
+    )
     assert loss.item() == 0.0

@@ -90,10 +90,7 @@ def check_eps(
             f"eps must be >= 0 with kl=True (the smoothed target must be a distribution), "
             f"got eps={eps}"
         )
-    if num_classes is None:
-        bound = 1.0
-    else:
-        bound = eps_upper_bound(num_classes, style)
+    bound = 1.0 if num_classes is None else eps_upper_bound(num_classes, style)
     if eps > bound * (1 + _BOUND_SLACK) + _BOUND_SLACK:
         raise ValueError(
             f"eps must be <= {bound:.6g} for style={style!r} with {what}, got eps={eps}"
@@ -110,7 +107,9 @@ def check_logits(input: object, name: str = "input") -> Tensor:
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of logits, got dtype={input.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor of logits, got dtype={input.dtype}"
+        )
     return input
 
 
@@ -186,7 +185,9 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | No
         allowed = f"[0, {num_classes - 1}] (num_classes={num_classes})"
         if ignore_index is not None:
             allowed += f" or equal ignore_index={ignore_index}"
-        raise ValueError(f"target contains class index {bad}, but class indices must be in {allowed}")
+        raise ValueError(
+            f"target contains class index {bad}, but class indices must be in {allowed}"
+        )
 
 
 def check_unit_interval(name: str, tensor: Tensor) -> None:

@@ -72,7 +72,9 @@ class LabelSmoothingCrossEntropy(nn.Module):
         num_classes = None if known is None else known.shape[0]
         self.eps = _checks.check_eps(eps, num_classes, self.style, kl=self.kl)
         if prior_t is not None:
-            _checks.check_prior(prior_t, prior_t.shape[0], self.style, prior_t.device, prior_t.dtype)
+            _checks.check_prior(
+                prior_t, prior_t.shape[0], self.style, prior_t.device, prior_t.dtype
+            )
         if weight_t is not None and prior_t is not None and weight_t.shape != prior_t.shape:
             raise ValueError(
                 f"weight and prior must both have one entry per class, got shapes "
@@ -139,7 +141,9 @@ class LabelSmoothingBCEWithLogits(nn.Module):
         self.reduction = _checks.check_reduction(reduction)
         for name, value in (("weight", weight), ("pos_weight", pos_weight)):
             if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
+                raise TypeError(
+                    f"{name} must be a torch.Tensor or None, got {type(value).__name__}"
+                )
         self.register_buffer("weight", weight)
         self.register_buffer("pos_weight", pos_weight)
 

@@ -132,9 +132,7 @@ def smooth_labels(
     alpha, offset = smoothing_coefficients(eps, k, style, prior_t)
     base = torch.zeros((*target.shape, k), dtype=out_dtype, device=target.device)
     base = base + offset  # broadcasts the offset vector (prior) or scalar
-    return base.scatter_add(
-        -1, target.long().unsqueeze(-1), torch.full_like(base[..., :1], alpha)
-    )
+    return base.scatter_add(-1, target.long().unsqueeze(-1), torch.full_like(base[..., :1], alpha))
 
 
 def smooth_binary(

@@ -1,0 +1,74 @@
+"""torch.autograd.gradcheck (and gradgradcheck) in float64 for every loss path."""
+
+import itertools
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import labelsmooth as ls
+
+CASES = list(
+    itertools.product(
+        ["torch", "reference"],
+        ["uniform", "others", "prior"],
+        [False, True],  # weights
+        [False, True],  # kl
+        ["none", "mean", "sum"],
+    )
+)
+
+
+@pytest.mark.parametrize(("impl", "style", "weighted", "kl", "reduction"), CASES)
+def test_gradcheck_index_targets(impl, style, weighted, kl, reduction):
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 5, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 5, (3, 2), generator=generator)
+    target[0, 0] = -100
+    prior = None
+    if style == "prior":
+        prior, style = torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2], dtype=torch.float64), "uniform"
+    weight = torch.rand(5, generator=generator, dtype=torch.float64) if weighted else None
+
+    def fn(x):
+        return ls.cross_entropy(
+            x,
+            target,
+            0.15,
+            style=style,
+            prior=prior,
+            weight=weight,
+            kl=kl,
+            reduction=reduction,
+            impl=impl,
+            return_nll=True,
+        )
+
+    assert gradcheck(fn, (logits,))
+    assert gradgradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("impl", ["torch", "reference"])
+@pytest.mark.parametrize("style", ["uniform", "others"])
+def test_gradcheck_probability_targets(impl, style):
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, 3, generator=generator, dtype=torch.float64).softmax(-1)
+
+    def fn(x):
+        return ls.cross_entropy(x, target, 0.3, style=style, impl=impl, kl=True)
+
+    assert gradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("style", ["uniform", "others"])
+def test_gradcheck_binary(style):
+    logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, 3, dtype=torch.float64)
+    pos_weight = torch.rand(3, dtype=torch.float64) + 0.5
+    assert gradcheck(
+        lambda x: ls.binary_cross_entropy_with_logits(
+            x, target, 0.1, style=style, pos_weight=pos_weight
+        ),
+        (logits,),
+    )
