@@ -1,15 +1,19 @@
-# Two commands on a fresh machine (see README): `make demo` and `make test`.
+# Two commands on a fresh machine (see README): `make study` and `make test`.
+STUDY_ARGS ?=
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install study demo test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml scripts/install.sh
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev
 	touch $@
 
 install: $(VENV)/.installed
+
+study: install
+	$(BIN)/labelsmooth study $(STUDY_ARGS)
 
 demo: install
 	$(BIN)/labelsmooth demo

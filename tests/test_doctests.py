@@ -5,7 +5,14 @@ import importlib
 
 import pytest
 
-MODULES = ["labelsmooth", "labelsmooth.targets", "labelsmooth.functional", "labelsmooth.nn"]
+MODULES = [
+    "labelsmooth",
+    "labelsmooth.targets",
+    "labelsmooth.functional",
+    "labelsmooth.nn",
+    "labelsmooth.metrics",
+    "labelsmooth.analysis",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

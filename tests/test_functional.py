@@ -507,7 +507,11 @@ TARGET = torch.tensor([0, 1, 2, 3])
         ({"reduction": "avg"}, ValueError, r"reduction must be one of .*got reduction='avg'"),
         ({"impl": "triton9"}, ValueError, r"impl must be one of 'auto', .*got impl='triton9'"),
         ({"weight": torch.ones(4)}, ValueError, r"weight must have shape \(5,\).*\(4,\)"),
-        ({"weight": torch.ones(5, dtype=torch.bool)}, TypeError, r"weight must be a floating"),
+        (
+            {"weight": torch.ones(5, dtype=torch.bool)},
+            TypeError,
+            r"weight must be a real \(float or integer\) tensor, got dtype=torch.bool",
+        ),
         ({"prior": [0.5, 0.5, 0, 0, 0], "style": "others"}, ValueError, r"needs style='unif"),
         ({"prior": [0.5, 0.6, 0, 0, 0]}, ValueError, r"prior must sum to 1.*1.1"),
         ({"prior": [1.5, -0.5, 0, 0, 0]}, ValueError, r"prior must be finite and >= 0"),

@@ -16,5 +16,5 @@ def test_readme_python_blocks_run():
 def test_readme_names_the_commands_ci_runs():
     text = README.read_text()
     ci = (README.parent / ".ci" / "run").read_text()
-    for command in ("make test", "make demo"):
+    for command in ("make test", "make study"):
         assert command in text and command in ci

@@ -5,7 +5,7 @@
 tensor([[0.1000, 0.8000, 0.1000]])
 """
 
-from . import nn
+from . import analysis, metrics, nn
 from .functional import binary_cross_entropy_with_logits, cross_entropy
 from .targets import smooth_binary, smooth_labels, smoothing_coefficients
 
@@ -13,8 +13,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "analysis",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "metrics",
     "nn",
     "smooth_binary",
     "smooth_labels",

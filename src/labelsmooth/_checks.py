@@ -103,6 +103,32 @@ def check_eps(
     return eps
 
 
+def check_z_loss(z_loss: object) -> float:
+    """The z-loss coefficient (PaLM): a finite real number >= 0, returned as a Python float."""
+    if isinstance(z_loss, Tensor) and z_loss.numel() == 1:
+        z_loss = z_loss.item()
+    if isinstance(z_loss, bool) or not isinstance(z_loss, Real):
+        raise TypeError(f"z_loss must be a real number, got z_loss={z_loss!r}")
+    value = float(z_loss)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"z_loss must be finite and >= 0 (0 switches it off), got z_loss={value}")
+    return value
+
+
+def check_softcap(softcap: object) -> float | None:
+    """The logit soft-cap (Gemma 2): ``None`` (off) or a finite real number > 0."""
+    if softcap is None:
+        return None
+    if isinstance(softcap, Tensor) and softcap.numel() == 1:
+        softcap = softcap.item()
+    if isinstance(softcap, bool) or not isinstance(softcap, Real):
+        raise TypeError(f"softcap must be None or a real number, got softcap={softcap!r}")
+    value = float(softcap)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"softcap must be None (off) or a finite number > 0, got softcap={value}")
+    return value
+
+
 def check_logits(input: object, name: str = "input") -> Tensor:
     if not isinstance(input, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
@@ -129,7 +155,9 @@ def as_float_vector(
         except (TypeError, ValueError) as err:
             raise TypeError(f"{name} must be a 1-D tensor of floats, got {value!r}") from err
     if not (tensor.is_floating_point() or tensor.dtype in _INTEGER_DTYPES):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype={tensor.dtype}")
+        raise TypeError(
+            f"{name} must be a real (float or integer) tensor, got dtype={tensor.dtype}"
+        )
     if tensor.shape != (num_classes,):
         raise ValueError(
             f"{name} must have shape ({num_classes},) (one entry per class), "
@@ -212,3 +240,192 @@ def _short(tensor: Tensor) -> str:
 
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+# --- Vocab-parallel (sharded) arguments: used by labelsmooth.distributed -------------------------
+
+
+def check_index_target(target: object, batch_shape: Sequence[int], logits_name: str) -> Tensor:
+    """Integer class indices whose shape is the logits' shape without the last (class) dim."""
+    check_index_dtype(target)
+    assert isinstance(target, Tensor)
+    if tuple(target.shape) != tuple(batch_shape):
+        raise ValueError(
+            f"target must have shape {tuple(batch_shape)} ({logits_name} without its last, class "
+            f"dimension), got shape {tuple(target.shape)}"
+        )
+    return target
+
+
+def check_index_dtype(target: object) -> Tensor:
+    """``target`` is a tensor of integer class indices (no probabilities, no bools)."""
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype not in _INTEGER_DTYPES:
+        raise TypeError(
+            f"target must hold integer class indices (probability targets are not supported "
+            f"here), got dtype={target.dtype}"
+        )
+    return target
+
+
+def check_shard_vector(
+    name: str,
+    value: object,
+    shard_size: int,
+    rank: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor | None:
+    """This rank's shard of a length-V class vector (``weight``, ``prior``), or ``None``.
+
+    The shard covers the same classes as the rank's logits, so its length is ``shard_size``.
+    """
+    if value is None:
+        return None
+    try:
+        return as_float_vector(name, value, shard_size, device, dtype)
+    except ValueError as err:
+        shape = tuple(value.shape) if isinstance(value, Tensor) else np.shape(value)
+        raise ValueError(
+            f"{name} must be this rank's shard of shape ({shard_size},) (the classes of its "
+            f"local logits, rank {rank}), got shape {tuple(shape)}"
+        ) from err
+
+
+def check_prior_shard(
+    prior: object,
+    shard_size: int,
+    rank: int,
+    style: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor | None:
+    """A shard of a class prior: ``style="uniform"`` only, finite and >= 0.
+
+    That the shards together sum to 1 is checked by :func:`check_prior_total` once their sums
+    have been gathered.
+    """
+    if prior is None:
+        return None
+    if style != "uniform":
+        raise ValueError(
+            f"prior= replaces the uniform eps/K and needs style='uniform', got style={style!r}"
+        )
+    tensor = check_shard_vector("prior", prior, shard_size, rank, device, torch.float64)
+    assert tensor is not None
+    if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
+        raise ValueError(
+            f"prior must be finite and >= 0, got prior={_short(tensor)} on rank {rank}"
+        )
+    return tensor.to(dtype)
+
+
+def check_prior_total(total: float) -> None:
+    """The prior shards of all ranks together must sum to 1."""
+    if abs(total - 1.0) > _PRIOR_SUM_TOL:
+        raise ValueError(
+            f"prior must sum to 1 over the whole vocabulary (all shards together), "
+            f"got sum={total:.6g}"
+        )
+
+
+def check_same_across_ranks(name: str, values: Sequence[object], meaning: str) -> None:
+    """Every rank of the group must have passed the same ``name`` (``values`` is per rank)."""
+    if any(v != values[0] for v in values):
+        listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+        raise ValueError(f"{name} must be the same on every rank ({meaning}), got {listed}")
+
+
+# --- Linear-head loss arguments: used by labelsmooth.kernels.linear ------------------------------
+
+
+def check_real(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+) -> float:
+    """A finite real number (a 1-element tensor is accepted), ``>= minimum`` (``>`` if strict)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {name}={number}")
+    if minimum is not None and (number <= minimum if strict else number < minimum):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be {relation} {minimum:g}, got {name}={number}")
+    return number
+
+
+def check_linear_head(
+    hidden: object,
+    weight: object,
+    bias: object,
+    target: object,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """Checks a linear head ``hidden @ weight.T + bias`` against integer class indices.
+
+    ``hidden`` is (..., H) floating (e.g. (N, H) or (B, T, H)), ``weight`` is (V, H) and
+    ``bias`` is (V,) or ``None``, all of one dtype and device (as ``F.linear`` needs);
+    ``target`` holds integer class indices of shape ``hidden.shape[:-1]``.
+    """
+    hidden = check_logits(hidden, "hidden")
+    weight = check_logits(weight, "weight")
+    if hidden.dim() < 1:
+        raise ValueError("hidden must have a last (feature) dimension, got a 0-dim tensor")
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight must be the (V, H) projection matrix, got shape {tuple(weight.shape)}"
+        )
+    num_classes, features = weight.shape
+    if num_classes < 1:
+        raise ValueError(
+            f"weight must have at least one class (row), got shape {tuple(weight.shape)}"
+        )
+    if hidden.shape[-1] != features:
+        raise ValueError(
+            f"hidden must have last dimension H={features} (weight has shape "
+            f"{tuple(weight.shape)}), got shape {tuple(hidden.shape)}"
+        )
+    tensors = [("weight", weight)]
+    if bias is not None:
+        bias = check_logits(bias, "bias")
+        if bias.shape != (num_classes,):
+            raise ValueError(
+                f"bias must have shape ({num_classes},) (one entry per row of weight), "
+                f"got shape {tuple(bias.shape)}"
+            )
+        tensors.append(("bias", bias))
+    for name, tensor in tensors:
+        if tensor.dtype != hidden.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of hidden ({hidden.dtype}), got dtype={tensor.dtype}"
+            )
+        if tensor.device != hidden.device:
+            raise ValueError(
+                f"{name} must be on the device of hidden ({hidden.device}), "
+                f"got device={tensor.device}"
+            )
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.dtype not in _INTEGER_DTYPES:
+        raise TypeError(
+            f"target must hold integer class indices (probability targets are not supported by "
+            f"the linear-head loss), got dtype={target.dtype}"
+        )
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(
+            f"target must have shape {tuple(hidden.shape[:-1])} (hidden without its last, "
+            f"feature dimension), got shape {tuple(target.shape)}"
+        )
+    if target.device != hidden.device:
+        raise ValueError(
+            f"target must be on the device of hidden ({hidden.device}), got device={target.device}"
+        )
+    return hidden, weight, bias, target

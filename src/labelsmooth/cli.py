@@ -1,7 +1,9 @@
 """The ``labelsmooth`` command.
 
-``labelsmooth demo`` trains a small classifier on scikit-learn's bundled digits with and
-without label smoothing and prints test accuracy, NLL and mean confidence per eps.
+* ``labelsmooth study``: the main job — trains real models with and without smoothing and
+  writes the evidence (results.jsonl, summary.csv, figures, report.html).
+* ``labelsmooth report DIR``: re-renders the report from saved results.
+* ``labelsmooth demo``: a one-minute taste on the bundled digits.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -109,12 +112,181 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_overrides(args: argparse.Namespace) -> dict:
+    from .study.config import ConfigError, load_toml
+
+    overrides: dict = {}
+    if args.config:
+        overrides.update(load_toml(args.config))
+    for name in _STUDY_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if "dataset" in overrides and not isinstance(overrides["dataset"], str):
+        raise ConfigError(f"dataset must be a string, got {overrides['dataset']!r}")
+    return overrides
+
+
+def run_study_command(args: argparse.Namespace) -> int:
+    from .study.config import ConfigError, make_config
+    from .study.data import DatasetError
+    from .study.main import run_study
+
+    try:
+        config = make_config(_study_overrides(args), quick=args.quick)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out: {out} exists and is not a directory")
+        start = time.perf_counter()
+        summary = run_study(config, out, quiet=args.quiet)
+    except (ConfigError, DatasetError) as err:
+        raise UsageError(str(err)) from err
+    except KeyboardInterrupt:
+        print(
+            f"\nlabelsmooth study: interrupted; finished runs are saved in {args.out}/"
+            "results.jsonl — run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    resumed = summary["runs"] - summary["computed"]
+    print(
+        f"\n{summary['dataset']}: {summary['runs']} runs ({summary['computed']} trained now, "
+        f"{resumed} resumed from {out / 'results.jsonl'}) in {time.perf_counter() - start:.0f} s"
+    )
+    print(summary["main_table"])
+    print(f"\nreport: {summary['report']}\nsummary: {summary['summary']}")
+    return 0
+
+
+def run_report_command(args: argparse.Namespace) -> int:
+    from .study.report import render_report
+
+    try:
+        summary = render_report(args.directory)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    print(summary["main_table"])
+    print(f"\nreport: {summary['report']}")
+    return 0
+
+
+_STUDY_FLAGS = (
+    "dataset",
+    "experiments",
+    "eps",
+    "styles",
+    "seeds",
+    "epochs",
+    "width",
+    "noise_rates",
+    "noise_eps",
+    "temperatures",
+    "device",
+)
+
+
+def _str_list(text: str) -> list[str]:
+    values = [item.strip() for item in text.split(",") if item.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return values
+
+
+def _add_study_parser(commands: argparse._SubParsersAction) -> None:
+    from .study.config import EXPERIMENTS, QUICK, StudyConfig
+    from .study.data import DATASETS
+
+    defaults = StudyConfig()
+
+    def show(values: object) -> str:
+        if isinstance(values, tuple):
+            return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+        return str(values)
+
+    study = commands.add_parser(
+        "study",
+        help="train models with and without smoothing and write a report (the main job)",
+        description="Trains real models with and without label smoothing and writes "
+        "results.jsonl, summary.csv, figures/*.png and report.html to --out. Re-running the "
+        "same command resumes: finished runs are skipped. Settings come from the defaults, "
+        "then --quick, then --config, then the flags.",
+    )
+    study.add_argument(
+        "--dataset", help=f"one of {', '.join(DATASETS)} (default: {defaults.dataset})"
+    )
+    study.add_argument(
+        "--config",
+        help="TOML file with any of the settings below "
+        "(keys as the flags, with _ or -, optionally under [study])",
+    )
+    study.add_argument(
+        "--experiments",
+        type=_str_list,
+        help=f"comma-separated subset of {','.join(EXPERIMENTS)} "
+        f"(default: {show(defaults.experiments)})",
+    )
+    study.add_argument(
+        "--eps", type=_float_list, help=f"eps values of the sweep (default: {show(defaults.eps)})"
+    )
+    study.add_argument(
+        "--styles", type=_str_list, help=f"smoothing styles (default: {show(defaults.styles)})"
+    )
+    study.add_argument(
+        "--seeds",
+        type=_int_list,
+        help=f"seeds, at least 3 for mean ± sd (default: {show(defaults.seeds)})",
+    )
+    study.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help=f"training epochs (default: {defaults.epochs}; --quick: {QUICK['epochs']})",
+    )
+    study.add_argument(
+        "--width", type=_positive_int, help=f"hidden width of the MLP (default: {defaults.width})"
+    )
+    study.add_argument(
+        "--noise-rates",
+        dest="noise_rates",
+        type=_float_list,
+        help=f"label-noise rates (default: {show(defaults.noise_rates)})",
+    )
+    study.add_argument(
+        "--noise-eps",
+        dest="noise_eps",
+        type=_float_list,
+        help=f"eps values of the noise study (default: {show(defaults.noise_eps)})",
+    )
+    study.add_argument(
+        "--temperatures",
+        type=_float_list,
+        help=f"distillation temperatures (default: {show(defaults.temperatures)})",
+    )
+    study.add_argument("--device", help=f"torch device (default: {defaults.device})")
+    study.add_argument(
+        "--out", default="labelsmooth-study", help="output directory (default: labelsmooth-study)"
+    )
+    study.add_argument(
+        "--quick", action="store_true", help="shorter training (about 3 minutes on 2 CPU cores)"
+    )
+    study.add_argument("--quiet", action="store_true", help="no progress bar")
+    study.set_defaults(handler=run_study_command)
+
+    report = commands.add_parser(
+        "report",
+        help="re-render the report from a study's saved results",
+        description="Re-renders summary.csv, figures and report.html from DIR/results.jsonl.",
+    )
+    report.add_argument("directory", help="the study's --out directory")
+    report.set_defaults(handler=run_report_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: losses, diagnostics and studies.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_study_parser(commands)
     demo = commands.add_parser(
         "demo",
         help="train a classifier on the bundled digits with and without smoothing",

@@ -1,18 +1,34 @@
-"""Data sets for the study. The default, scikit-learn's bundled ``load_digits``, is real data
-that ships with scikit-learn: nothing is downloaded."""
+"""Data sets for the study.
+
+The default, scikit-learn's bundled ``load_digits``, is real data that ships with scikit-learn:
+nothing is downloaded. ``synthetic`` is a harder generated task. User files are read by the
+loaders below; no pickle is ever loaded (``np.load(allow_pickle=False)``, CIFAR-10's binary
+format, IDX). Every malformed input raises :class:`DatasetError` with a one-line message.
+
+Specs (``--dataset``): ``digits``, ``synthetic``, ``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE``,
+``csv:FILE``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import csv
+import gzip
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 
+class DatasetError(ValueError):
+    """A data set could not be read: missing, truncated or malformed file, bad labels."""
+
+
 @dataclass(frozen=True)
 class Split:
-    """A train/test split of features (N, D) float32 and labels (N,) int64."""
+    """Features (N, D) float32 and labels: (N,) int64 classes, or (N, L) float 0/1 multi-label."""
 
     name: str
     x_train: Tensor
@@ -20,51 +36,166 @@ class Split:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    multilabel: bool = False
+    class_names: tuple[str, ...] = ()
 
     @property
     def num_features(self) -> int:
         return self.x_train.shape[1]
 
+    def subset_train(self, count: int, seed: int) -> Split:
+        """A stratified subset of ``count`` training examples (the test set is unchanged)."""
+        labels = self.y_train.numpy()
+        if self.multilabel:
+            rng = np.random.default_rng(seed)
+            keep = np.sort(rng.permutation(len(labels))[:count])
+        else:
+            fraction = 1.0 - min(count, len(labels)) / len(labels)
+            if fraction <= 0:
+                return self
+            keep, _ = stratified_split(labels, fraction, seed)
+        return replace(
+            self,
+            name=f"{self.name} ({len(keep)} training examples)",
+            x_train=self.x_train[keep],
+            y_train=self.y_train[keep],
+        )
+
+    def split_validation(self, fraction: float, seed: int) -> tuple[Split, Tensor, Tensor]:
+        """Holds out ``fraction`` of the training set: (smaller split, x_val, y_val)."""
+        labels = self.y_train.numpy()
+        if self.multilabel:
+            order = np.random.default_rng(seed).permutation(len(labels))
+            cut = max(1, round(len(labels) * fraction))
+            val, train = np.sort(order[:cut]), np.sort(order[cut:])
+        else:
+            train, val = stratified_split(labels, fraction, seed)
+        smaller = replace(self, x_train=self.x_train[train], y_train=self.y_train[train])
+        return smaller, self.x_train[val], self.y_train[val]
+
 
 def stratified_split(
     labels: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of a stratified train/test split, deterministic under ``seed``."""
+    """Indices (train, test) of a stratified split, deterministic under ``seed``.
+
+    Every class keeps at least one training example.
+    """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got test_fraction={test_fraction}")
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        cut = round(len(members) * test_fraction)
+        cut = min(round(len(members) * test_fraction), len(members) - 1)
         test.append(members[:cut])
         train.append(members[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zero mean, unit variance per feature, with statistics from the training part only."""
+def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Zero mean, unit variance per feature, with statistics of the training part only."""
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std == 0] = 1.0
     return (x_train - mean) / std, (x_test - mean) / std
 
 
+def _check_labels(name: str, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    if labels.size == 0:
+        raise DatasetError(f"{name}: no examples")
+    if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+        raise DatasetError(f"{name}: labels must be integers")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0:
+        raise DatasetError(f"{name}: label {labels.min()} is negative; labels must be >= 0")
+    if num_classes is not None and labels.max() >= num_classes:
+        raise DatasetError(
+            f"{name}: label {labels.max()} out of range; labels must be in [0, {num_classes - 1}]"
+        )
+    return labels
+
+
 def from_arrays(
-    name: str, features: np.ndarray, labels: np.ndarray, test_fraction: float, seed: int
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray | None = None,
+    y_test: np.ndarray | None = None,
+    *,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    num_classes: int | None = None,
+    class_names: tuple[str, ...] = (),
 ) -> Split:
-    features = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-    labels = np.asarray(labels).astype(np.int64)
-    train, test = stratified_split(labels, test_fraction, seed)
-    x_train, x_test = standardise(features[train], features[test])
+    """Builds a standardised split; labels (N,) or (N, 1) are classes, (N, L>1) multi-label."""
+    x_train = np.asarray(x_train, dtype=np.float64)
+    x_train = x_train.reshape(len(x_train), -1)
+    y_train = np.asarray(y_train)
+    if len(x_train) != len(y_train):
+        raise DatasetError(
+            f"{name}: {len(x_train)} feature rows but {len(y_train)} labels; they must match"
+        )
+    if not np.all(np.isfinite(x_train)):
+        raise DatasetError(f"{name}: features contain nan or inf")
+    multilabel = y_train.ndim == 2 and y_train.shape[1] > 1
+    if y_train.ndim == 2 and not multilabel:
+        y_train = y_train[:, 0]
+    if y_train.ndim > 2:
+        raise DatasetError(f"{name}: labels must be (N,) or (N, L), got shape {y_train.shape}")
+    if multilabel and not np.isin(y_train, (0, 1)).all():
+        raise DatasetError(f"{name}: multi-label targets must be 0 or 1")
+    if x_test is None:
+        if multilabel:
+            order = np.random.default_rng(seed).permutation(len(y_train))
+            cut = round(len(order) * test_fraction)
+            train, test = np.sort(order[cut:]), np.sort(order[:cut])
+        else:
+            y_train = _check_labels(name, y_train, num_classes)
+            train, test = stratified_split(y_train, test_fraction, seed)
+        x_test, y_test = x_train[test], y_train[test]
+        x_train, y_train = x_train[train], y_train[train]
+    else:
+        x_test = np.asarray(x_test, dtype=np.float64).reshape(len(x_test), -1)
+        y_test = np.asarray(y_test)
+        if y_test.ndim == 2 and not multilabel:
+            y_test = y_test[:, 0]
+        if len(x_test) != len(y_test):
+            raise DatasetError(
+                f"{name}: {len(x_test)} test rows but {len(y_test)} test labels; they must match"
+            )
+        if x_test.shape[1] != x_train.shape[1]:
+            raise DatasetError(
+                f"{name}: test features have {x_test.shape[1]} columns, training features "
+                f"{x_train.shape[1]}"
+            )
+    if multilabel:
+        labels_train = torch.from_numpy(y_train.astype(np.float32))
+        labels_test = torch.from_numpy(np.asarray(y_test).astype(np.float32))
+        classes = y_train.shape[1]
+    else:
+        y_train = _check_labels(name, y_train, num_classes)
+        y_test = _check_labels(f"{name} (test)", np.asarray(y_test), num_classes)
+        classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+        if classes < 2:
+            raise DatasetError(f"{name}: needs at least 2 classes, found {classes}")
+        labels_train, labels_test = torch.from_numpy(y_train), torch.from_numpy(y_test)
+    x_train, x_test = _standardise(x_train, x_test)
     return Split(
         name=name,
         x_train=torch.from_numpy(x_train.astype(np.float32)),
-        y_train=torch.from_numpy(labels[train]),
+        y_train=labels_train,
         x_test=torch.from_numpy(x_test.astype(np.float32)),
-        y_test=torch.from_numpy(labels[test]),
-        num_classes=int(labels.max()) + 1,
+        y_test=labels_test,
+        num_classes=classes,
+        multilabel=multilabel,
+        class_names=class_names,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in data sets
+# ----------------------------------------------------------------------------------------------
 
 
 def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Split:
@@ -72,8 +203,292 @@ def load_digits(test_fraction: float = 0.3, seed: int = 0) -> Split:
     try:
         from sklearn.datasets import load_digits as sklearn_load_digits
     except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(
+        raise DatasetError(
             "the digits data set needs scikit-learn: pip install 'labelsmooth[study]'"
         ) from err
     bunch = sklearn_load_digits()
-    return from_arrays("digits", bunch.data, bunch.target, test_fraction, seed)
+    return from_arrays(
+        "digits",
+        bunch.data,
+        bunch.target,
+        test_fraction=test_fraction,
+        seed=seed,
+        class_names=tuple(str(d) for d in range(10)),
+    )
+
+
+# Attributes of a handwritten digit, for the real multi-label task built from digits.
+DIGIT_ATTRIBUTES = {
+    "even": (0, 2, 4, 6, 8),
+    ">= 5": (5, 6, 7, 8, 9),
+    "prime": (2, 3, 5, 7),
+    "closed loop": (0, 6, 8, 9),
+    "straight stroke only": (1, 4, 7),
+}
+
+
+def digits_multilabel(split: Split) -> Split:
+    """A multi-label task on real images: the attributes (even, >= 5, prime, ...) of the digit."""
+    if split.multilabel or split.num_classes != 10:
+        raise DatasetError("digits_multilabel needs the 10-class digits split")
+    table = torch.zeros(10, len(DIGIT_ATTRIBUTES))
+    for column, digits in enumerate(DIGIT_ATTRIBUTES.values()):
+        table[list(digits), column] = 1.0
+    return replace(
+        split,
+        name=f"{split.name} attributes",
+        y_train=table[split.y_train],
+        y_test=table[split.y_test],
+        num_classes=len(DIGIT_ATTRIBUTES),
+        multilabel=True,
+        class_names=tuple(DIGIT_ATTRIBUTES),
+    )
+
+
+def synthetic(
+    num_samples: int = 3000,
+    num_classes: int = 10,
+    num_features: int = 20,
+    seed: int = 0,
+    test_fraction: float = 0.3,
+) -> Split:
+    """A harder generated task: overlapping Gaussian clusters, two per class, in a random
+    low-dimensional subspace plus nuisance features; the Bayes error is well above zero, so a
+    network trained long becomes over-confident."""
+    rng = np.random.default_rng(seed + 12345)
+    informative = 6
+    centres = rng.normal(0.0, 1.6, size=(num_classes, 2, informative))
+    labels = rng.integers(0, num_classes, size=num_samples)
+    which = rng.integers(0, 2, size=num_samples)
+    points = centres[labels, which] + rng.normal(0.0, 1.0, size=(num_samples, informative))
+    mixing = rng.normal(size=(informative, num_features)) / math.sqrt(informative)
+    features = points @ mixing + 0.5 * rng.normal(size=(num_samples, num_features))
+    return from_arrays(
+        "synthetic",
+        features,
+        labels,
+        test_fraction=test_fraction,
+        seed=seed,
+        num_classes=num_classes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# User files
+# ----------------------------------------------------------------------------------------------
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads one IDX file (gzipped or not), checking the magic number and the size."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read ({err.strerror})") from err
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as err:
+            raise DatasetError(f"{path}: corrupt gzip data ({err})") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        magic = raw[:4].hex() if raw else "empty file"
+        raise DatasetError(f"{path}: not an IDX file (magic number {magic})")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = header + math.prod(shape) * dtype.itemsize
+    if len(raw) != expected:
+        raise DatasetError(
+            f"{path}: truncated or oversized IDX data ({len(raw)} bytes, expected {expected} "
+            f"for shape {shape})"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find_one(directory: Path, patterns: tuple[str, ...], what: str) -> Path:
+    for pattern in patterns:
+        matches = sorted(directory.glob(pattern))
+        if matches:
+            return matches[0]
+    raise DatasetError(f"{directory}: no {what} file (looked for {', '.join(patterns)})")
+
+
+def load_mnist(directory: str | Path) -> Split:
+    """MNIST (or Fashion-MNIST) IDX files: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte,
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise DatasetError(f"mnist: {root} is not a directory")
+    arrays = {}
+    for part, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find_one(root, (f"{prefix}-images*",), f"{part} images"))
+        labels = read_idx(_find_one(root, (f"{prefix}-labels*",), f"{part} labels"))
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DatasetError(
+                f"mnist: {part} images must be (N, rows, cols) and labels (N,), got "
+                f"{images.shape} and {labels.shape}"
+            )
+        if len(images) != len(labels):
+            raise DatasetError(
+                f"mnist: {len(images)} {part} images but {len(labels)} labels; they must match"
+            )
+        arrays[part] = (images.astype(np.float64) / 255.0, labels)
+    return from_arrays(
+        "mnist",
+        *arrays["train"],
+        *arrays["test"],
+        num_classes=10,
+        class_names=tuple(str(d) for d in range(10)),
+    )
+
+
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    record = 1 + 3 * 32 * 32
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read ({err.strerror})") from err
+    if raw.size == 0 or raw.size % record:
+        raise DatasetError(
+            f"{path}: not a CIFAR-10 binary batch ({raw.size} bytes is not a multiple of {record})"
+        )
+    rows = raw.reshape(-1, record)
+    labels = rows[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DatasetError(f"{path}: label {labels.max()} out of range; labels must be in [0, 9]")
+    return rows[:, 1:].astype(np.float64) / 255.0, labels
+
+
+def load_cifar10(directory: str | Path) -> Split:
+    """CIFAR-10's binary version: data_batch_1.bin ... data_batch_5.bin and test_batch.bin."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise DatasetError(f"cifar10: {root} is not a directory")
+    train_files = sorted(root.glob("data_batch_*.bin"))
+    if not train_files:
+        raise DatasetError(f"cifar10: no data_batch_*.bin in {root} (the binary version)")
+    parts = [_read_cifar_batch(path) for path in train_files]
+    x_test, y_test = _read_cifar_batch(_find_one(root, ("test_batch.bin",), "test_batch.bin"))
+    return from_arrays(
+        "cifar10",
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        x_test,
+        y_test,
+        num_classes=10,
+        class_names=CIFAR10_CLASSES,
+    )
+
+
+def load_npz(path: str | Path, seed: int = 0) -> Split:
+    """``x``/``y`` arrays (optional ``x_test``/``y_test``), or the MedMNIST layout
+    (``train_images``, ``train_labels``, ``val_*``, ``test_*``; labels (N, 1) classes or (N, L)
+    multi-label). Validation data, when present, is added to the training data."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise DatasetError(f"npz: {path} does not exist") from err
+    except (OSError, ValueError, EOFError) as err:
+        raise DatasetError(f"npz: {path} is not a readable .npz file ({err})") from err
+    with archive:
+        keys = set(archive.files)
+        try:
+            if {"train_images", "train_labels"} <= keys:
+                x_train, y_train = archive["train_images"], archive["train_labels"]
+                if {"val_images", "val_labels"} <= keys:
+                    x_train = np.concatenate([x_train, archive["val_images"]])
+                    y_train = np.concatenate([y_train, archive["val_labels"]])
+                x_test = archive["test_images"] if "test_images" in keys else None
+                y_test = archive["test_labels"] if "test_labels" in keys else None
+            elif {"x", "y"} <= keys:
+                x_train, y_train = archive["x"], archive["y"]
+                x_test = archive["x_test"] if "x_test" in keys else None
+                y_test = archive["y_test"] if "y_test" in keys else None
+            else:
+                raise DatasetError(
+                    f"npz: {path} needs arrays x and y, or train_images and train_labels "
+                    f"(MedMNIST); found {', '.join(sorted(keys)) or 'none'}"
+                )
+        except ValueError as err:  # object arrays would need pickle
+            raise DatasetError(f"npz: {path}: {err}") from err
+    if (x_test is None) != (y_test is None):
+        raise DatasetError(f"npz: {path} has test images or test labels but not both")
+    if x_train.dtype == np.uint8:
+        x_train = x_train / 255.0
+        x_test = None if x_test is None else x_test / 255.0
+    return from_arrays(f"npz:{path.name}", x_train, y_train, x_test, y_test, seed=seed)
+
+
+def load_csv(path: str | Path, seed: int = 0) -> Split:
+    """Numeric CSV: one example per row; the label is the column named ``label``, ``target``,
+    ``y`` or ``class`` if the first row is a header, else the last column."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+    except OSError as err:
+        raise DatasetError(f"csv: cannot read {path} ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"csv: {path} is not a text file") from err
+    if not rows:
+        raise DatasetError(f"csv: {path} is empty")
+    label_column = len(rows[0]) - 1
+    try:
+        [float(cell) for cell in rows[0]]
+    except ValueError:
+        header = [cell.strip().lower() for cell in rows[0]]
+        for name in ("label", "target", "y", "class"):
+            if name in header:
+                label_column = header.index(name)
+                break
+        rows = rows[1:]
+    width = len(rows[0]) if rows else 0
+    if width < 2:
+        raise DatasetError(f"csv: {path} needs at least one feature column and a label column")
+    for number, row in enumerate(rows, start=1):
+        if len(row) != width:
+            raise DatasetError(f"csv: {path} row {number} has {len(row)} columns, expected {width}")
+    try:
+        table = np.array([[float(cell) for cell in row] for row in rows])
+    except ValueError as err:
+        raise DatasetError(f"csv: {path} has a non-numeric cell ({err})") from err
+    labels = table[:, label_column]
+    features = np.delete(table, label_column, axis=1)
+    return from_arrays(f"csv:{path.name}", features, labels, seed=seed)
+
+
+DATASETS = ("digits", "synthetic", "mnist:DIR", "cifar10:DIR", "npz:FILE", "csv:FILE")
+
+
+def load_dataset(spec: str, seed: int = 0) -> Split:
+    """Loads a data set from its ``--dataset`` spec (see :data:`DATASETS`)."""
+    kind, _, argument = spec.partition(":")
+    if kind == "digits" and not argument:
+        return load_digits(seed=seed)
+    if kind == "synthetic" and not argument:
+        return synthetic(seed=seed)
+    loaders = {"mnist": load_mnist, "cifar10": load_cifar10, "npz": load_npz, "csv": load_csv}
+    if kind in loaders and argument:
+        if kind in ("npz", "csv"):
+            return loaders[kind](argument, seed=seed)
+        return loaders[kind](argument)
+    raise DatasetError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASETS)}")

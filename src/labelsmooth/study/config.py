@@ -1,0 +1,204 @@
+"""Study configuration: defaults, the ``--quick`` profile, TOML files and their checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .. import _checks
+
+EXPERIMENTS = ("sweep", "noise", "distillation", "multilabel")
+
+
+class ConfigError(ValueError):
+    """A bad study setting: reported in one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything a study run depends on. Field names are the TOML keys and the CLI flags."""
+
+    dataset: str = "digits"
+    experiments: tuple[str, ...] = EXPERIMENTS
+    eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+    styles: tuple[str, ...] = ("uniform", "others")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 60
+    width: int = 128
+    depth: int = 2
+    batch_size: int = 64
+    lr: float = 1e-3
+    validation_fraction: float = 0.15
+    n_bins: int = 15
+    # second sweep setting: a small training subset trained long, where the baseline is
+    # over-confident
+    overconfident_train_size: int = 300
+    overconfident_epochs: int = 200
+    noise_rates: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
+    noise_eps: tuple[float, ...] = (-0.4, -0.2, 0.0, 0.1, 0.2, 0.4)
+    teacher_eps: float = 0.1
+    temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
+    student_width: int = 32
+    multilabel_eps: tuple[float, ...] = (0.0, 0.05, 0.1)
+    projection_classes: tuple[int, int, int] = (0, 1, 2)
+    max_train: int = 0  # 0: use every training example
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+
+    def fingerprint(self, *names: str) -> str:
+        """A short hash of the named fields: runs whose inputs changed are not resumed."""
+        payload = {name: getattr(self, name) for name in names}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+QUICK = {"epochs": 20, "overconfident_epochs": 60, "overconfident_train_size": 300}
+
+_TUPLE_TYPES = {
+    "experiments": str,
+    "eps": float,
+    "styles": str,
+    "seeds": int,
+    "noise_rates": float,
+    "noise_eps": float,
+    "temperatures": float,
+    "multilabel_eps": float,
+    "projection_classes": int,
+}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = {f.name: f.default for f in fields(StudyConfig)}[name]
+    if name in _TUPLE_TYPES:
+        kind = _TUPLE_TYPES[name]
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{name} must be a non-empty list, got {value!r}")
+        try:
+            return tuple(kind(item) if kind is not float else float(item) for item in value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name} must be a list of {kind.__name__}, got {value!r}") from err
+    if isinstance(default, bool) or not isinstance(value, type(default)):
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}")
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError as err:
+        raise ConfigError(f"--config: {path} does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"--config: {path} is not valid TOML ({err})") from err
+    table = data.get("study", data)
+    return {key.replace("-", "_"): value for key, value in table.items()}
+
+
+def make_config(overrides: dict[str, Any], *, quick: bool = False) -> StudyConfig:
+    """Defaults, then the quick profile, then ``overrides`` (config file, then flags)."""
+    known = {f.name for f in fields(StudyConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
+        )
+    values: dict[str, Any] = dict(QUICK) if quick else {}
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    config = dataclasses.replace(StudyConfig(), **values)
+    check_config(config)
+    return config
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value}")
+
+
+def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
+    """Checks every setting; with ``num_classes`` also the eps ranges that depend on K."""
+    for name in config.experiments:
+        if name not in EXPERIMENTS:
+            raise ConfigError(
+                f"experiments: unknown {name!r}; choose from {', '.join(EXPERIMENTS)}"
+            )
+    for style in config.styles:
+        if style not in _checks.STYLES:
+            raise ConfigError(f"styles: unknown {style!r}; choose from uniform, others")
+    for name in (
+        "epochs",
+        "width",
+        "depth",
+        "batch_size",
+        "n_bins",
+        "student_width",
+        "overconfident_train_size",
+        "overconfident_epochs",
+    ):
+        _check_positive(name, getattr(config, name))
+    _check_positive("lr", config.lr)
+    if config.max_train < 0:
+        raise ConfigError(f"max_train must be >= 0, got {config.max_train}")
+    if not 0 < config.validation_fraction < 0.5:
+        raise ConfigError(
+            f"validation_fraction must be in (0, 0.5), got {config.validation_fraction}"
+        )
+    if len(set(config.seeds)) != len(config.seeds):
+        raise ConfigError(f"seeds must be distinct, got {list(config.seeds)}")
+    for rate in config.noise_rates:
+        if not 0 <= rate < 1:
+            raise ConfigError(f"noise_rates: {rate} is outside [0, 1)")
+    for temperature in config.temperatures:
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ConfigError(f"temperatures: {temperature} must be > 0")
+    if len(config.projection_classes) != 3 or len(set(config.projection_classes)) != 3:
+        raise ConfigError(
+            f"projection_classes must be three distinct classes, got {config.projection_classes}"
+        )
+    k = num_classes if num_classes is not None else None
+    try:
+        for eps in config.eps:
+            for style in config.styles:
+                _checks.check_eps(eps, k, style)
+        for eps in config.noise_eps:
+            _checks.check_eps(eps, k, "uniform")
+        _checks.check_eps(config.teacher_eps, k, "uniform", kl=True)
+        for eps in config.multilabel_eps:
+            for style in config.styles:
+                _checks.check_eps(eps, 2, style, binary=True)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"eps: {err}") from err
+    if not config.device.startswith(("cpu", "cuda", "mps")):
+        raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {config.device!r}")
+
+
+def default_config_dict() -> dict[str, Any]:
+    return {f.name: f.default for f in fields(StudyConfig)}
+
+
+__all__ = [
+    "EXPERIMENTS",
+    "ConfigError",
+    "StudyConfig",
+    "check_config",
+    "default_config_dict",
+    "load_toml",
+    "make_config",
+]
