@@ -12,6 +12,7 @@ MODULES = [
     "labelsmooth.nn",
     "labelsmooth.metrics",
     "labelsmooth.analysis",
+    "labelsmooth.distributed",
 ]
 
 

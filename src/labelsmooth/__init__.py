@@ -5,7 +5,7 @@
 tensor([[0.1000, 0.8000, 0.1000]])
 """
 
-from . import analysis, metrics, nn
+from . import analysis, distributed, metrics, nn
 from .functional import binary_cross_entropy_with_logits, cross_entropy
 from .targets import smooth_binary, smooth_labels, smoothing_coefficients
 
@@ -16,6 +16,7 @@ __all__ = [
     "analysis",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "distributed",
     "metrics",
     "nn",
     "smooth_binary",
