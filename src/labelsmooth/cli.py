@@ -131,6 +131,7 @@ def run_study_command(args: argparse.Namespace) -> int:
     from .study.config import ConfigError, make_config
     from .study.data import DatasetError
     from .study.main import run_study
+    from .study.parallel import shutdown
 
     try:
         config = make_config(_study_overrides(args), quick=args.quick)
@@ -148,11 +149,17 @@ def run_study_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        shutdown()
+    if summary["rank"] != 0:
+        return 0  # rank 0 of a data-parallel study reports for everyone
     resumed = summary["runs"] - summary["computed"]
     print(
         f"\n{summary['dataset']}: {summary['runs']} runs ({summary['computed']} trained now, "
         f"{resumed} resumed from {out / 'results.jsonl'}) in {time.perf_counter() - start:.0f} s"
     )
+    if summary["world_size"] > 1:
+        print(f"data-parallel over {summary['world_size']} processes; rank 0 wrote the results")
     print(summary["main_table"])
     print(f"\nreport: {summary['report']}\nsummary: {summary['summary']}")
     return 0

@@ -53,10 +53,16 @@ def versions() -> dict[str, str]:
 
 
 class ResultStore:
-    """The runs finished so far, backed by ``results.jsonl`` in ``directory``."""
+    """The runs finished so far, backed by ``results.jsonl`` in ``directory``.
 
-    def __init__(self, directory: str | Path) -> None:
+    With ``writable=False`` (the ranks other than 0 of a data-parallel study) nothing is
+    written: results and arrays are kept in memory only.
+    """
+
+    def __init__(self, directory: str | Path, *, writable: bool = True) -> None:
         self.directory = Path(directory)
+        self.writable = writable
+        self._memory_arrays: dict[str, Arrays] = {}
         self.path = self.directory / "results.jsonl"
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
@@ -75,6 +81,8 @@ class ResultStore:
     def add(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         self._keys.add(record["key"])
+        if not self.writable:
+            return
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.records)
         atomic_write_bytes(self.path, text.encode())
 
@@ -83,11 +91,16 @@ class ResultStore:
         return self.directory / "arrays" / f"{digest}.npz"
 
     def save_arrays(self, key: str, arrays: Arrays) -> None:
+        if not self.writable:
+            self._memory_arrays[key] = arrays
+            return
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **arrays)
         atomic_write_bytes(self.arrays_path(key), buffer.getvalue())
 
     def load_arrays(self, key: str) -> Arrays:
+        if key in self._memory_arrays:
+            return self._memory_arrays[key]
         path = self.arrays_path(key)
         if not path.exists():
             raise FileNotFoundError(

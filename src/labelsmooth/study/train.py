@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -27,7 +28,20 @@ def train_classifier(
     y_train: Tensor,
     config: TrainConfig,
 ) -> nn.Module:
-    """Trains ``model`` in place on (x_train, y_train) with ``loss_fn(logits, target)``."""
+    """Trains ``model`` in place on (x_train, y_train) with ``loss_fn(logits, target)``.
+
+    Under a process group of N > 1 ranks (``torchrun``), the model is wrapped in
+    DistributedDataParallel and each rank takes every N-th example of each mini-batch (all
+    ranks draw the same batch order from ``config.seed``). ``loss_fn`` must return the mean over
+    its examples; the loss is rescaled by ``N * local / batch`` so that DDP's gradient average
+    is the gradient of the whole batch's mean, as in a single process.
+    """
+    rank, world = 0, 1
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    trained: nn.Module = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(model)
     generator = torch.Generator().manual_seed(config.seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
@@ -36,8 +50,13 @@ def train_classifier(
         order = torch.randperm(count, generator=generator)
         for start in range(0, count, config.batch_size):
             batch = order[start : start + config.batch_size]
+            if len(batch) < world:
+                continue  # every rank needs an example; all ranks skip the same tail
+            local = batch[rank::world]
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[batch]), y_train[batch])
+            loss = loss_fn(trained(x_train[local]), y_train[local])
+            if world > 1:
+                loss = loss * (world * len(local) / len(batch))
             loss.backward()
             optimiser.step()
     model.eval()

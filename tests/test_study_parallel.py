@@ -1,0 +1,77 @@
+"""The study under torchrun: two gloo processes, data-parallel, rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+CONFIG = """[study]
+epochs = 2
+width = 8
+eps = [0.0, 0.1]
+styles = ["uniform"]
+seeds = [0, 1, 2]
+experiments = ["sweep", "distillation"]
+temperatures = [2.0]
+overconfident_train_size = 60
+overconfident_epochs = 2
+max_train = 300
+student_width = 4
+"""
+
+
+def _records(directory):
+    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
+
+
+def test_two_process_torchrun_matches_a_single_process(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    study = ["-m", "labelsmooth.cli", "study", "--config", str(config), "--quiet"]
+    subprocess.run(
+        [sys.executable, *study, "--out", str(single)],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            *study,
+            "--out",
+            str(parallel),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "data-parallel over 2 processes" in result.stdout
+    assert result.stdout.count("report:") == 1  # only rank 0 reports
+    one, two = _records(single), _records(parallel)
+    assert [r["key"] for r in one] == [r["key"] for r in two]
+    assert sorted(p.name for p in (single / "figures").iterdir()) == sorted(
+        p.name for p in (parallel / "figures").iterdir()
+    )
+    assert (parallel / "report.html").exists() and (parallel / "summary.csv").exists()
+    for a, b in zip(one, two, strict=True):
+        assert set(a) == set(b) and set(a["metrics"]) == set(b["metrics"])
+        for name, value in a["metrics"].items():
+            # the same computation up to the order of float additions across ranks
+            assert b["metrics"][name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
