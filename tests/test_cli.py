@@ -36,3 +36,16 @@ def test_errors_exit_2_with_one_line(argv, message, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_bench_command_finds_the_benchmark_scripts(capfd):
+    assert main(["bench", "cross-entropy", "--help"]) == 0
+    assert "forward + backward" in capfd.readouterr().out
+    assert main(["bench", "linear", "--help"]) == 0
+    assert "linear-head" in capfd.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(capfd):
+    assert main(["bench", "cross-entropy", "--quick"]) == 0
+    assert "native" in capfd.readouterr().out

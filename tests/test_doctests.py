@@ -13,6 +13,7 @@ MODULES = [
     "labelsmooth.metrics",
     "labelsmooth.analysis",
     "labelsmooth.distributed",
+    "labelsmooth.kernels.linear",
 ]
 
 

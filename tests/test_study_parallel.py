@@ -13,8 +13,8 @@ pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
 CONFIG = """[study]
-epochs = 2
-width = 8
+epochs = 4
+width = 16
 eps = [0.0, 0.1]
 styles = ["uniform"]
 seeds = [0, 1, 2]
@@ -24,6 +24,7 @@ overconfident_train_size = 60
 overconfident_epochs = 2
 max_train = 300
 student_width = 4
+overconfident_data = "subset"
 """
 
 
@@ -37,13 +38,14 @@ def test_two_process_torchrun_matches_a_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     study = ["-m", "labelsmooth.cli", "study", "--config", str(config), "--quiet"]
-    subprocess.run(
+    result = subprocess.run(
         [sys.executable, *study, "--out", str(single)],
-        check=True,
         env=env,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert result.returncode == 0, result.stderr[-2000:]
     result = subprocess.run(
         [
             sys.executable,
@@ -73,5 +75,11 @@ def test_two_process_torchrun_matches_a_single_process(tmp_path):
     for a, b in zip(one, two, strict=True):
         assert set(a) == set(b) and set(a["metrics"]) == set(b["metrics"])
         for name, value in a["metrics"].items():
-            # the same computation up to the order of float additions across ranks
-            assert b["metrics"][name] == pytest.approx(value, rel=1e-3, abs=1e-3), name
+            # the same computation up to the order of float additions across ranks (trained far
+            # enough for the fitted temperature to be well determined)
+            assert b["metrics"][name] == pytest.approx(value, rel=1e-3, abs=1e-3), (
+                a["key"],
+                name,
+                value,
+                b["metrics"][name],
+            )

@@ -6,7 +6,7 @@ tensor([[0.1000, 0.8000, 0.1000]])
 """
 
 from . import analysis, distributed, metrics, nn
-from .functional import binary_cross_entropy_with_logits, cross_entropy
+from .functional import binary_cross_entropy_with_logits, cross_entropy, linear_cross_entropy
 from .targets import smooth_binary, smooth_labels, smoothing_coefficients
 
 __version__ = "0.1.0"
@@ -17,6 +17,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "distributed",
+    "linear_cross_entropy",
     "metrics",
     "nn",
     "smooth_binary",

@@ -287,6 +287,25 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
     report.set_defaults(handler=run_report_command)
 
 
+BENCHMARKS = {
+    "cross-entropy": "bench_cross_entropy.py",
+    "linear": "bench_linear_cross_entropy.py",
+}
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / BENCHMARKS[args.which]
+    if not script.exists():
+        raise UsageError(
+            f"{script} not found: the benchmarks live in the source tree; run from a clone "
+            "installed with `make install` or `pip install -e .`"
+        )
+    return subprocess.call([sys.executable, str(script), *args.options], cwd=root)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labelsmooth",
@@ -294,6 +313,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_study_parser(commands)
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark the fused losses against PyTorch (time, memory, accuracy)",
+        description="Runs benchmarks/bench_cross_entropy.py (or, with 'linear', "
+        "bench_linear_cross_entropy.py) from the source tree: a table of implementation x "
+        "shape x dtype with the median forward+backward time, the ratio to native PyTorch "
+        "measured in the same run, peak memory (a fresh process per measurement) and the "
+        "difference to the reference. Options after the name go to the script, e.g. "
+        "`labelsmooth bench cross-entropy --quick`.",
+    )
+    bench.add_argument("which", choices=sorted(BENCHMARKS), nargs="?", default="cross-entropy")
+    bench.add_argument("options", nargs=argparse.REMAINDER, help="options for the script")
+    bench.set_defaults(handler=run_bench_command)
     demo = commands.add_parser(
         "demo",
         help="train a classifier on the bundled digits with and without smoothing",

@@ -16,10 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks
+from . import _checks, kernels
+from .kernels.linear import linear_cross_entropy
 from .targets import smooth_binary, smooth_labels, smoothing_coefficients
 
-__all__ = ["IMPLS", "binary_cross_entropy_with_logits", "cross_entropy"]
+__all__ = [
+    "IMPLS",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "linear_cross_entropy",
+]
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,8 @@ class CrossEntropyProblem:
     ``logits`` is (M, K) with the class dimension last, in the caller's dtype. For hard labels
     ``target`` is (M,) int64 with ignored entries replaced by 0 and ``valid`` marks the rest;
     for probability targets ``target`` is (M, K) and ``valid`` is ``None``. ``prior`` and
-    ``weight`` are (K,) in ``compute_dtype``.
+    ``weight`` are (K,) in ``compute_dtype``. ``z_loss`` (0 = off), ``softcap`` (None = off)
+    and ``inplace`` are the LLM extras of :func:`cross_entropy`.
     """
 
     logits: Tensor
@@ -44,6 +51,9 @@ class CrossEntropyProblem:
     reduction: str
     kl: bool
     compute_dtype: torch.dtype
+    z_loss: float = 0.0
+    softcap: float | None = None
+    inplace: bool = False
 
     @property
     def soft(self) -> bool:
@@ -76,9 +86,25 @@ def _dense_cross_entropy(
     return -terms.sum(-1)
 
 
+def _capped_logits(problem: CrossEntropyProblem) -> Tensor:
+    """Logits in compute dtype, soft-capped to ``softcap * tanh(logits / softcap)`` if asked."""
+    logits = problem.logits.to(problem.compute_dtype)
+    if problem.softcap is not None:
+        logits = problem.softcap * torch.tanh(logits / problem.softcap)
+    return logits
+
+
+def _add_z_loss(loss: Tensor, logits: Tensor, problem: CrossEntropyProblem) -> Tensor:
+    """loss + z_loss * logsumexp(logits)^2 (PaLM's auxiliary z-loss), per row."""
+    if not problem.z_loss:
+        return loss
+    return loss + problem.z_loss * torch.logsumexp(logits, dim=-1).square()
+
+
 def _reference(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Tensor | None]:
     """The oracle: builds the dense smoothed target and applies the definition literally."""
-    log_probs = F.log_softmax(problem.logits.to(problem.compute_dtype), dim=-1)
+    logits = _capped_logits(problem)
+    log_probs = F.log_softmax(logits, dim=-1)
     if problem.soft:
         plain = problem.target.to(problem.compute_dtype)
     else:
@@ -88,7 +114,7 @@ def _reference(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Te
     )
     loss = _dense_cross_entropy(log_probs, smoothed, problem.weight, problem.kl)
     nll = _dense_cross_entropy(log_probs, plain, problem.weight, False) if need_nll else None
-    return loss, nll
+    return _add_z_loss(loss, logits, problem), nll
 
 
 def _closed_form(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Tensor | None]:
@@ -101,13 +127,14 @@ def _closed_form(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, 
     """
     if problem.soft:
         return _reference(problem, need_nll)
-    log_probs = F.log_softmax(problem.logits.to(problem.compute_dtype), dim=-1)
+    logits = _capped_logits(problem)
+    log_probs = F.log_softmax(logits, dim=-1)
     nll = -log_probs.gather(1, problem.target.unsqueeze(1)).squeeze(1)
     weight = problem.weight
     if weight is not None:
         nll = _scale(weight[problem.target], nll)
     if problem.eps == 0:
-        return nll, nll
+        return _add_z_loss(nll, logits, problem), nll
     alpha, offset = smoothing_coefficients(
         problem.eps, problem.num_classes, problem.style, problem.prior
     )
@@ -129,20 +156,45 @@ def _closed_form(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, 
             off_entropy = off_entropy * weight
             on_minus_off = on_minus_off * weight
         loss = loss + off_entropy.sum() + on_minus_off[problem.target]
-    return loss, nll
+    return _add_z_loss(loss, logits, problem), nll
 
 
-# Registry behind `impl=`. Fused kernels register themselves here under their own names.
-IMPLS: dict[str, Implementation] = {"reference": _reference, "torch": _closed_form}
+# Registry behind `impl=`: the dense oracle, the closed form and the fused kernels
+# (labelsmooth.kernels: "chunked" eager torch, "compiled" C++ for CPU, "triton" for CUDA).
+IMPLS: dict[str, Implementation] = {
+    "reference": _reference,
+    "torch": _closed_form,
+    "chunked": kernels.chunked,
+    "compiled": kernels.compiled,
+    "triton": kernels.triton,
+}
+
+
+def auto_impl(problem: CrossEntropyProblem) -> str:
+    """The name ``impl="auto"`` picks for a checked problem (see :func:`cross_entropy`)."""
+    logits = problem.logits
+    if getattr(torch.compiler, "is_compiling", lambda: False)():
+        return "torch"  # traceable by torch.compile; the kernels would break the graph
+    if problem.soft or logits.dtype == torch.float64:
+        return "torch"
+    if logits.numel() < kernels.AUTO_MIN_ELEMENTS:
+        return "torch"
+    # The Triton kernel passes its tests under TRITON_INTERPRET=1 but has not yet been compiled
+    # and measured on a GPU, so "auto" uses the chunked kernel on CUDA; impl="triton" opts in.
+    if logits.device.type == "cpu" and kernels.compiled_available():
+        return "compiled"
+    return "chunked"
+
+
+def _auto(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Tensor | None]:
+    return IMPLS[auto_impl(problem)](problem, need_nll)
 
 
 def _resolve_impl(impl: object) -> Implementation:
     names = ("auto", *IMPLS)
     _checks.check_choice("impl", impl, names)
     if impl == "auto":
-        # The closed form is the fastest path that exists on every device today: one
-        # log_softmax, one gather and one matrix-vector product, no dense target.
-        return IMPLS["torch"]
+        return _auto
     return IMPLS[impl]  # type: ignore[index]
 
 
@@ -157,6 +209,10 @@ def _prepare(
     reduction: str,
     kl: bool,
     validate: bool,
+    *,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    inplace: bool = False,
 ) -> CrossEntropyProblem:
     input = _checks.check_logits(input)
     if not isinstance(target, Tensor):
@@ -167,6 +223,9 @@ def _prepare(
     reduction = _checks.check_reduction(reduction)
     kl = _checks.check_flag("kl", kl)
     validate = _checks.check_flag("validate", validate)
+    z_loss = _checks.check_z_loss(z_loss)
+    softcap = _checks.check_softcap(softcap)
+    inplace = _checks.check_flag("inplace", inplace)
     ignore_index = _checks.check_int("ignore_index", ignore_index)
     class_dim = 0 if input.dim() == 1 else 1
     num_classes = input.shape[class_dim]
@@ -226,6 +285,9 @@ def _prepare(
         reduction=reduction,
         kl=kl,
         compute_dtype=dtype,
+        z_loss=z_loss,
+        softcap=softcap,
+        inplace=inplace,
     )
 
 
@@ -242,10 +304,7 @@ def _reduce(values: Tensor, problem: CrossEntropyProblem, input_dtype: torch.dty
         # PyTorch's rule for probability targets: divide by the number of elements.
         count = values.numel()
         return total / count if count else total * 0.0
-    if problem.weight is not None:
-        denominator = torch.where(problem.valid, problem.weight[problem.target], 0.0).sum()
-    else:
-        denominator = problem.valid.sum().to(values.dtype)
+    denominator = kernels.fused.mean_denominator(problem)
     # An all-ignored batch gives 0 with a zero gradient rather than PyTorch's 0/0 = nan.
     empty = denominator == 0
     return torch.where(empty, 0.0, total / torch.where(empty, 1.0, denominator))
@@ -264,6 +323,9 @@ def cross_entropy(
     kl: bool = False,
     return_nll: bool = False,
     impl: str = "auto",
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    inplace: bool = False,
     validate: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Label-smoothed cross-entropy between logits and class indices or class probabilities.
@@ -291,6 +353,41 @@ def cross_entropy(
     Negative ``eps`` is generalised label smoothing (Wei et al. 2022): the loss is then
     unbounded below and a minimum need not exist; it is not allowed with ``kl=True``.
 
+    LLM extras: ``softcap=s`` replaces the logits by :math:`s \tanh(x / s)` before everything
+    else (Gemma 2; ``nll`` is then that of the capped logits too); ``z_loss=λ`` adds
+    :math:`\lambda\,(\log \sum_c e^{x_c})^2` to the loss of every non-ignored element
+    (PaLM), unweighted by ``weight`` and not part of ``nll``; it is reduced with the loss,
+    so ``"mean"`` divides it by the same denominator (:math:`\sum w_y`, the element count
+    without weights).
+
+    Implementations (``impl``), all equal up to float rounding (each is tested against
+    ``"reference"``):
+
+    * ``"reference"``: the dense smoothed target and the definition, through autograd.
+    * ``"torch"``: the closed form (one ``log_softmax``, no dense target), through autograd;
+      supports double backward.
+    * ``"chunked"``: the fused kernel in eager torch on any device: forward computes the loss
+      *and* the gradient, a chunk of rows at a time, and keeps only the gradient (M, K) in the
+      logits' dtype; backward scales it by the incoming gradient in place. First-order only.
+    * ``"compiled"``: the same fused kernel as a C++ library (built with the system compiler
+      at first use, cached on disk), CPU only; probability targets take ``"chunked"``.
+    * ``"triton"``: the same fused kernel in Triton, CUDA only (or ``TRITON_INTERPRET=1``),
+      for float32/bfloat16/float16; probability targets and float64 take ``"chunked"``.
+    * ``"auto"``: ``"torch"`` for probability targets, float64, inputs with fewer than
+      ``labelsmooth.kernels.AUTO_MIN_ELEMENTS`` logits (the kernels' set-up would not pay
+      off) and inside ``torch.compile``; otherwise ``"compiled"`` on CPU when the C++ kernel
+      builds, else ``"chunked"`` (CUDA included: the Triton kernel is tested under the
+      interpreter but not yet measured on a GPU, so it is opt-in with ``impl="triton"``).
+
+    ``inplace=True`` allows the fused kernels to write the gradient into the logits' own
+    memory (as Liger-Kernel does), so that no (M, K) buffer is allocated at all. The values of
+    ``input`` are then destroyed and must not be used again; autograd's version counter of
+    ``input`` is bumped, so a graph that saved ``input`` for something else raises instead of
+    returning a wrong gradient. It takes effect only where the logits require a gradient, the
+    class dimension is last and contiguous and the implementation is a fused one; it is
+    ignored otherwise. With ``return_nll=True`` and ``inplace=True`` only ``loss`` may be
+    backpropagated (use ``nll.detach()``).
+
     Args:
         input: logits of shape (C,), (N, C) or (N, C, d1, ..., dk); any floating dtype.
         target: class indices of shape (), (N) or (N, d1, ..., dk) (integer), or class
@@ -307,8 +404,11 @@ def cross_entropy(
             at the optimum, same gradient.
         return_nll: also return the unsmoothed loss (``eps=0``, same weights and reduction),
             computed in the same pass, e.g. for perplexity.
-        impl: ``"auto"`` (the fastest correct path for the device), ``"torch"`` (closed
-            form), ``"reference"`` (dense target; the oracle of the tests).
+        impl: ``"auto"`` (the fastest correct path for the device and size, see above),
+            ``"torch"``, ``"reference"``, ``"chunked"``, ``"compiled"`` or ``"triton"``.
+        z_loss: coefficient λ >= 0 of the z-loss; 0 switches it off.
+        softcap: ``None`` or s > 0, the soft-cap of the logits.
+        inplace: allow the fused kernels to overwrite ``input`` with the gradient.
         validate: check that class indices are in range (one host sync). Turn off for speed
             once the data pipeline is trusted.
 
@@ -328,7 +428,19 @@ def cross_entropy(
         tensor(0.5589)
     """
     problem = _prepare(
-        input, target, eps, style, prior, weight, ignore_index, reduction, kl, validate
+        input,
+        target,
+        eps,
+        style,
+        prior,
+        weight,
+        ignore_index,
+        reduction,
+        kl,
+        validate,
+        z_loss=z_loss,
+        softcap=softcap,
+        inplace=inplace,
     )
     return_nll = _checks.check_flag("return_nll", return_nll)
     implementation = _resolve_impl(impl)

@@ -13,8 +13,13 @@ from torch import Tensor, nn
 
 from . import _checks
 from .functional import _resolve_impl, binary_cross_entropy_with_logits, cross_entropy
+from .kernels.linear import LINEAR_IMPLS, linear_cross_entropy
 
-__all__ = ["LabelSmoothingBCEWithLogits", "LabelSmoothingCrossEntropy"]
+__all__ = [
+    "LabelSmoothingBCEWithLogits",
+    "LabelSmoothingCrossEntropy",
+    "LinearLabelSmoothingCrossEntropy",
+]
 
 
 def _as_buffer(name: str, value: Tensor | Sequence[float] | None) -> Tensor | None:
@@ -55,6 +60,9 @@ class LabelSmoothingCrossEntropy(nn.Module):
         kl: bool = False,
         return_nll: bool = False,
         impl: str = "auto",
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        inplace: bool = False,
         validate: bool = True,
     ) -> None:
         super().__init__()
@@ -64,6 +72,9 @@ class LabelSmoothingCrossEntropy(nn.Module):
         self.ignore_index = _checks.check_int("ignore_index", ignore_index)
         self.return_nll = _checks.check_flag("return_nll", return_nll)
         self.validate = _checks.check_flag("validate", validate)
+        self.z_loss = _checks.check_z_loss(z_loss)
+        self.softcap = _checks.check_softcap(softcap)
+        self.inplace = _checks.check_flag("inplace", inplace)
         _resolve_impl(impl)
         self.impl = impl
         prior_t = _as_buffer("prior", prior)
@@ -96,6 +107,9 @@ class LabelSmoothingCrossEntropy(nn.Module):
             kl=self.kl,
             return_nll=self.return_nll,
             impl=self.impl,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            inplace=self.inplace,
             validate=self.validate,
         )
 
@@ -111,6 +125,12 @@ class LabelSmoothingCrossEntropy(nn.Module):
                 parts.append(f"{flag}=True")
         if self.impl != "auto":
             parts.append(f"impl={self.impl!r}")
+        if self.z_loss:
+            parts.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            parts.append(f"softcap={self.softcap}")
+        if self.inplace:
+            parts.append("inplace=True")
         if not self.validate:
             parts.append("validate=False")
         return ", ".join(parts)
@@ -165,4 +185,101 @@ class LabelSmoothingBCEWithLogits(nn.Module):
         if self.pos_weight is not None:
             parts.append(f"pos_weight=<shape {tuple(self.pos_weight.shape)}>")
         parts.append(f"reduction={self.reduction!r}")
+        return ", ".join(parts)
+
+
+class LinearLabelSmoothingCrossEntropy(nn.Module):
+    """Module form of :func:`labelsmooth.linear_cross_entropy`: the label-smoothed loss of a
+    linear head, computed without the (N, V) logits.
+
+    It holds the keyword arguments only. The projection is passed at call time, so the head's
+    weight stays a parameter of the model (and may be tied to the embedding)::
+
+        criterion = LinearLabelSmoothingCrossEntropy(eps=0.1, z_loss=1e-4)
+        loss = criterion(hidden, model.lm_head.weight, labels, bias=model.lm_head.bias)
+
+    ``prior`` is registered as a buffer (it moves with ``.to()``); given, it fixes V and the
+    range of ``eps`` is checked at construction, otherwise at the first call.
+
+    Example:
+        >>> criterion = LinearLabelSmoothingCrossEntropy(eps=0.1, softcap=30.0)
+        >>> criterion
+        LinearLabelSmoothingCrossEntropy(eps=0.1, style='uniform', ignore_index=-100,
+                                         reduction='mean', softcap=30.0)
+        >>> hidden = torch.randn(6, 4, requires_grad=True)
+        >>> weight = torch.randn(10, 4, requires_grad=True)
+        >>> criterion(hidden, weight, torch.tensor([1, 2, 3, -100, 5, 9])).backward()
+    """
+
+    def __init__(
+        self,
+        eps: float = 0.1,
+        *,
+        style: str = "uniform",
+        prior: Tensor | Sequence[float] | None = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        return_nll: bool = False,
+        impl: str = "auto",
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        self.style = _checks.check_style(style)
+        self.reduction = _checks.check_reduction(reduction)
+        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
+        self.return_nll = _checks.check_flag("return_nll", return_nll)
+        self.validate = _checks.check_flag("validate", validate)
+        self.impl = _checks.check_choice("impl", impl, LINEAR_IMPLS)
+        self.z_loss = _checks.check_real("z_loss", z_loss, minimum=0.0)
+        self.softcap = (
+            None
+            if softcap is None
+            else _checks.check_real("softcap", softcap, minimum=0.0, strict=True)
+        )
+        prior_t = _as_buffer("prior", prior)
+        num_classes = None if prior_t is None else prior_t.shape[0]
+        self.eps = _checks.check_eps(eps, num_classes, self.style)
+        if prior_t is not None:
+            _checks.check_prior(
+                prior_t, prior_t.shape[0], self.style, prior_t.device, prior_t.dtype
+            )
+        self.register_buffer("prior", prior_t)
+
+    def forward(
+        self, hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        return linear_cross_entropy(
+            hidden,
+            weight,
+            target,
+            self.eps,
+            bias=bias,
+            style=self.style,
+            prior=self.prior,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            return_nll=self.return_nll,
+            impl=self.impl,
+            z_loss=self.z_loss,
+            softcap=self.softcap,
+            validate=self.validate,
+        )
+
+    def extra_repr(self) -> str:
+        parts = [f"eps={self.eps}", f"style={self.style!r}"]
+        if self.prior is not None:
+            parts.append(f"prior=<{self.prior.shape[0]} classes>")
+        parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
+        if self.z_loss:
+            parts.append(f"z_loss={self.z_loss}")
+        if self.softcap is not None:
+            parts.append(f"softcap={self.softcap}")
+        if self.return_nll:
+            parts.append("return_nll=True")
+        if self.impl != "auto":
+            parts.append(f"impl={self.impl!r}")
+        if not self.validate:
+            parts.append("validate=False")
         return ", ".join(parts)

@@ -35,8 +35,11 @@ class StudyConfig:
     lr: float = 1e-3
     validation_fraction: float = 0.15
     n_bins: int = 15
-    # second sweep setting: a small training subset trained long, where the baseline is
-    # over-confident
+    # second sweep setting, where the baseline is over-confident: "synthetic" (the generated
+    # task with overlapping classes), "subset" (overconfident_train_size examples of the data
+    # set, trained overconfident_epochs), or "auto" (synthetic for the built-in data sets,
+    # subset for user files)
+    overconfident_data: str = "auto"
     overconfident_train_size: int = 300
     overconfident_epochs: int = 200
     noise_rates: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
@@ -154,6 +157,11 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
     ):
         _check_positive(name, getattr(config, name))
     _check_positive("lr", config.lr)
+    if config.overconfident_data not in ("auto", "synthetic", "subset"):
+        raise ConfigError(
+            f"overconfident_data must be auto, synthetic or subset, "
+            f"got {config.overconfident_data!r}"
+        )
     if config.max_train < 0:
         raise ConfigError(f"max_train must be >= 0, got {config.max_train}")
     if not 0 < config.validation_fraction < 0.5:

@@ -22,7 +22,7 @@ from .. import metrics
 from ..analysis import mutual_information_under_noise
 from ..functional import binary_cross_entropy_with_logits, cross_entropy
 from .config import StudyConfig
-from .data import Split, digits_multilabel
+from .data import Split, digits_multilabel, synthetic
 from .models import MLP
 from .train import TrainConfig, predict_logits, train_classifier
 
@@ -169,17 +169,29 @@ def _sweep_run(
     return execute
 
 
+def overconfident_setting(data: Split, config: StudyConfig) -> tuple[Split, int, str]:
+    """The second sweep setting: (data, epochs, description)."""
+    choice = config.overconfident_data
+    if choice == "auto":
+        choice = "synthetic" if config.dataset in ("digits", "synthetic") else "subset"
+    if choice == "synthetic" and config.dataset != "synthetic":
+        return synthetic(seed=0), config.epochs, "the synthetic task (overlapping classes)"
+    subset = data.subset_train(config.overconfident_train_size, seed=0)
+    return (
+        subset,
+        config.overconfident_epochs,
+        f"{len(subset.x_train)} training examples trained {config.overconfident_epochs} epochs",
+    )
+
+
 def sweep_runs(data: Split, config: StudyConfig) -> list[Run]:
+    second, second_epochs, second_description = overconfident_setting(data, config)
     settings = [
-        ("main", data, config.epochs),
-        (
-            "overconfident",
-            data.subset_train(config.overconfident_train_size, seed=0),
-            config.overconfident_epochs,
-        ),
+        ("main", data, config.epochs, f"{data.name}, all training examples"),
+        ("overconfident", second, second_epochs, second_description),
     ]
     runs = []
-    for setting, split, epochs in settings:
+    for setting, split, epochs, description in settings:
         fingerprint = (
             config.fingerprint(
                 "dataset",
@@ -192,7 +204,8 @@ def sweep_runs(data: Split, config: StudyConfig) -> list[Run]:
                 "max_train",
                 "overconfident_train_size",
             )
-            + f"-e{epochs}"
+            + f"-e{epochs}-"
+            + split.name.replace("|", "/")
         )
         combos = [(0.0, "uniform")] + [
             (eps, style) for eps in config.eps if eps != 0 for style in config.styles
@@ -205,7 +218,7 @@ def sweep_runs(data: Split, config: StudyConfig) -> list[Run]:
                         key=f"sweep|{setting}|{shown_style}|{eps:g}|{seed}|{fingerprint}",
                         experiment="sweep",
                         setting=setting,
-                        params={"style": shown_style, "eps": eps},
+                        params={"style": shown_style, "eps": eps, "data": description},
                         seed=seed,
                         execute=_sweep_run(
                             split,

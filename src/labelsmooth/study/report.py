@@ -530,12 +530,15 @@ def distillation_tables(groups: Sequence[Group]) -> tuple[list, list, list[str]]
                 best[eps] = max(candidates, key=lambda g: g.mean("accuracy"))
         if len(best) == 2:
             b0, b1 = best[plain.params["teacher_eps"]], best[smooth.params["teacher_eps"]]
-            better = "better" if b1.mean("accuracy") > b0.mean("accuracy") else "worse"
+            student_better = b1.mean("accuracy") > b0.mean("accuracy")
+            teacher_better = smooth.mean("accuracy") > plain.mean("accuracy")
+            joint = "and" if student_better == teacher_better else "but"
             findings.append(
                 f"The teacher trained with eps={smooth.params['teacher_eps']:g} was "
-                f"{'more' if smooth.mean('accuracy') > plain.mean('accuracy') else 'less'} "
-                f"accurate ({smooth.mean('accuracy'):.3f} vs {plain.mean('accuracy'):.3f}), but "
-                f"its best student was {better} ({b1.mean('accuracy'):.3f} at T="
+                f"{'more' if teacher_better else 'less'} accurate than the one without "
+                f"({smooth.mean('accuracy'):.3f} vs {plain.mean('accuracy'):.3f}), {joint} "
+                f"its best student was {'better' if student_better else 'worse'} "
+                f"({b1.mean('accuracy'):.3f} at T="
                 f"{b1.params['temperature']:g} vs {b0.mean('accuracy'):.3f} at T="
                 f"{b0.params['temperature']:g})."
             )
@@ -651,17 +654,15 @@ def render_report(directory: str | Path) -> dict[str, Any]:
         class_names = [str(d) for d in range(10)]
 
     sections = []
-    for setting, title in (
-        ("main", "the default training set"),
-        ("overconfident", "a small training subset trained long"),
-    ):
+    for setting in ("main", "overconfident"):
         if not _select(groups, "sweep", setting):
             continue
+        title = _select(groups, "sweep", setting)[0].params.get("data", setting)
         figures = sweep_figures(
             store, groups, setting, writer, config.get("projection_classes", (0, 1, 2)), class_names
         )
         sections.append(
-            f"<h2>eps sweep on {html.escape(title)} ({setting})</h2>"
+            f"<h2>eps sweep ({setting}): {html.escape(title)}</h2>"
             + _findings(sweep_findings(groups, setting))
             + _table([c for _, c in SWEEP_COLUMNS], sweep_rows(groups, setting), "model")
             + _figures(figures, writer)

@@ -1,0 +1,263 @@
+r"""``impl="triton"``: the fused rows as a Triton kernel (CUDA; CPU under ``TRITON_INTERPRET=1``).
+
+One program per row. Pass 1 streams the row in blocks of ``BLOCK`` columns and keeps, per
+lane, a running maximum and the running sum of ``exp(z - max)`` rescaled when the maximum
+grows (online log-sum-exp), plus the smoothing sum :math:`\sum_c w_c b_c z_c`; the lanes are
+combined at the end. Pass 2 streams the row again and writes the gradient
+(:mod:`labelsmooth.kernels.fused` has the formulas) in the logits' dtype, so the logits are
+read twice and the gradient written once. All math is float32 whatever the input
+(float32/bfloat16/float16); float64 and probability targets take the chunked path.
+
+Launch configuration: ``BLOCK = min(MAX_BLOCK, next_power_of_2(K))`` with ``MAX_BLOCK = 4096``
+and 4 warps up to 1024 columns, 8 above; not autotuned (the kernels were verified under the
+interpreter, against ``impl="reference"``, not timed on a GPU).
+
+This module imports :mod:`triton` at import time: import it only when Triton is wanted.
+``TRITON_INTERPRET=1`` must be set before this module is first imported (``triton.jit``
+reads it when the kernels are defined); the interpreter then runs the kernels on CPU tensors.
+"""
+
+# ruff: noqa: N803  (Triton's convention: compile-time constants are UPPER_CASE)
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .fused import RowPlan, grad_rows
+
+__all__ = ["MAX_BLOCK", "TritonBackend", "interpreting"]
+
+# Columns per block of a row (a power of two); tests lower it to exercise several blocks.
+MAX_BLOCK = 4096
+
+
+def interpreting() -> bool:
+    """Whether the Triton interpreter is on (kernels then run on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@triton.jit
+def _tanh(u):
+    a = tl.abs(u)
+    e = tl.exp(-2.0 * a)
+    big = (1.0 - e) / (1.0 + e)
+    u2 = u * u
+    small = a * (
+        1.0
+        + u2
+        * (-0.333333333333 + u2 * (0.133333333333 + u2 * (-0.0539682539683 + u2 * 0.0218694885362)))
+    )
+    t = tl.where(a < 0.125, small, big)
+    return tl.where(u < 0.0, -t, t)
+
+
+@triton.jit
+def _load_row(x_row, offs, mask, softcap, HAS_CAP: tl.constexpr):
+    x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_CAP:
+        x = softcap * _tanh(x / softcap)
+    return tl.where(mask, x, float("-inf"))
+
+
+@triton.jit
+def _ce_rows_kernel(
+    x_ptr,
+    grad_ptr,
+    target_ptr,
+    coef_ptr,
+    wy_ptr,
+    klc_ptr,
+    wb_ptr,
+    mass_ptr,
+    gp_ptr,
+    gy_ptr,
+    gw_ptr,
+    gz_ptr,
+    loss_ptr,
+    nll_ptr,
+    n_cols,
+    b,
+    z_loss,
+    softcap,
+    BLOCK: tl.constexpr,
+    HAS_GRAD: tl.constexpr,
+    HAS_KL: tl.constexpr,
+    HAS_WB: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_GW: tl.constexpr,
+    HAS_GZ: tl.constexpr,
+    HAS_CAP: tl.constexpr,
+    HAS_ZLOSS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * n_cols
+    g_row = grad_ptr + row * n_cols
+    y = tl.load(target_ptr + row)
+    if y < 0:  # ignored element: zero loss, zero gradient
+        tl.store(loss_ptr + row, 0.0)
+        tl.store(nll_ptr + row, 0.0)
+        if HAS_GRAD:
+            for start in range(0, n_cols, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                zero = tl.zeros((BLOCK,), dtype=tl.float32)
+                tl.store(g_row + offs, zero.to(grad_ptr.dtype.element_ty), mask=offs < n_cols)
+        return
+
+    # Pass 1: per-lane online max and sum of exp, and the smoothing sum.
+    m_lane = tl.full((BLOCK,), float("-inf"), tl.float32)
+    s_lane = tl.zeros((BLOCK,), dtype=tl.float32)
+    w_lane = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < n_cols
+        z = _load_row(x_row, offs, mask, softcap, HAS_CAP)
+        m_new = tl.maximum(m_lane, z)
+        finite = m_new != float("-inf")
+        rescale = tl.where(finite, tl.exp(m_lane - m_new), 0.0)
+        s_lane = s_lane * rescale + tl.where(finite, tl.exp(z - m_new), 0.0)
+        m_lane = m_new
+        z_in = tl.where(mask, z, 0.0)  # padding lanes add 0, not 0 * -inf
+        if HAS_WB:
+            wb = tl.load(wb_ptr + offs, mask=mask, other=0.0)
+            w_lane += tl.where(wb == 0.0, 0.0, wb * z_in)
+        elif HAS_B:
+            w_lane += z_in
+    m = tl.max(m_lane, axis=0)
+    shift = tl.where(m == float("-inf"), 0.0, m)
+    total = tl.sum(tl.where(m_lane == float("-inf"), 0.0, s_lane * tl.exp(m_lane - shift)), axis=0)
+    lse = shift + tl.log(total)
+    weighted = tl.sum(w_lane, axis=0)
+    if HAS_B:
+        weighted = b * weighted
+
+    # Loss and nll of the row.
+    z_y = tl.load(x_row + y).to(tl.float32)
+    if HAS_CAP:
+        z_y = softcap * _tanh(z_y / softcap)
+    gap = lse - z_y
+    coef = tl.load(coef_ptr + row)
+    mass = tl.load(mass_ptr)
+    value = tl.where(coef == 0.0, 0.0, coef * gap) - weighted
+    value += tl.where(mass == 0.0, 0.0, mass * lse)
+    if HAS_KL:
+        value += tl.load(klc_ptr + row)
+    if HAS_ZLOSS:
+        value += z_loss * lse * lse
+    tl.store(loss_ptr + row, value)
+    wy = tl.load(wy_ptr + row)
+    tl.store(nll_ptr + row, tl.where(wy == 0.0, 0.0, wy * gap))
+
+    # Pass 2: the gradient, d * [(P + Z lse) p - W w b - Y [c = y]].
+    if HAS_GRAD:
+        p_coef = tl.load(gp_ptr + row)
+        if HAS_GZ:
+            p_coef += tl.load(gz_ptr + row) * lse
+        elif HAS_ZLOSS:
+            p_coef += 2.0 * z_loss * lse
+        scale = p_coef / total
+        w_coef = 1.0
+        if HAS_GW:
+            w_coef = tl.load(gw_ptr + row)
+        y_coef = tl.load(gy_ptr + row)
+        for start in range(0, n_cols, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n_cols
+            z = _load_row(x_row, offs, mask, softcap, HAS_CAP)
+            grad = tl.exp(z - shift) * scale
+            if HAS_WB:
+                grad -= w_coef * tl.load(wb_ptr + offs, mask=mask, other=0.0)
+            elif HAS_B:
+                grad -= w_coef * b
+            grad = tl.where(offs == y, grad - y_coef, grad)
+            if HAS_CAP:
+                t = z / softcap
+                grad = grad * (1.0 - t * t)
+            tl.store(g_row + offs, grad.to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scale_rows_kernel(grad_ptr, factor_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    factor = tl.load(factor_ptr + row)
+    grad = tl.load(grad_ptr + row * n_cols + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(
+        grad_ptr + row * n_cols + offs, (grad * factor).to(grad_ptr.dtype.element_ty), mask=mask
+    )
+
+
+def _block(n_cols: int) -> int:
+    return max(16, min(MAX_BLOCK, triton.next_power_of_2(n_cols)))
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else (8 if block <= 4096 else 16)
+
+
+class TritonBackend:
+    """The Triton rows on CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``)."""
+
+    name = "triton"
+
+    def run(
+        self, x: Tensor, plan: RowPlan, grad: Tensor | None, g: Tensor | None, h: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        assert plan.target is not None and plan.coef is not None and plan.wy is not None
+        m, k = x.shape
+        loss = torch.empty(m, dtype=torch.float32, device=x.device)
+        nll = torch.empty_like(loss)
+        if m == 0:
+            return loss, nll
+        gp, gy, gw, gz = grad_rows(plan, g, h)
+        block = _block(k)
+        dummy = loss  # stands in for absent pointers; never read (the flags say so)
+        _ce_rows_kernel[(m,)](
+            x,
+            dummy if grad is None else grad,
+            plan.target,
+            plan.coef,
+            plan.wy,
+            dummy if plan.klc is None else plan.klc,
+            dummy if plan.wb is None else plan.wb,
+            plan.mass,
+            gp,
+            gy,
+            dummy if gw is None else gw,
+            dummy if gz is None else gz,
+            loss,
+            nll,
+            k,
+            float(plan.b),
+            float(plan.z_loss),
+            float(plan.softcap or 1.0),
+            BLOCK=block,
+            HAS_GRAD=grad is not None,
+            HAS_KL=plan.klc is not None,
+            HAS_WB=plan.wb is not None,
+            HAS_B=plan.wb is None and plan.b != 0,
+            HAS_GW=gw is not None,
+            HAS_GZ=gz is not None,
+            HAS_CAP=plan.softcap is not None,
+            HAS_ZLOSS=plan.z_loss != 0,
+            num_warps=_warps(block),
+        )
+        return loss, nll
+
+    def scale_(self, grad: Tensor, factor: Tensor) -> None:
+        m, k = grad.shape
+        if m == 0:
+            return
+        block = _block(k)
+        factor = factor.to(torch.float32).contiguous()
+        _scale_rows_kernel[(m, triton.cdiv(k, block))](
+            grad, factor, k, BLOCK=block, num_warps=_warps(block)
+        )
+
+
+TRITON = TritonBackend()
