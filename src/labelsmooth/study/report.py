@@ -151,14 +151,16 @@ def sweep_figures(
     smoothed = _pick_smoothed(sweep)
     if baseline is None:
         return []
-    first = {g.params["eps"] if g.params.get("eps") else 0.0: g for g in sweep}
     base = store.load_arrays(baseline.keys[0])
     probs = _softmax(base["logits"])
     out: list[tuple[str, str]] = []
 
     panels = [
         ("baseline", probs),
-        ("baseline + temperature scaling", _softmax(base["logits"] / float(base["temperature"]))),
+        (
+            f"baseline, T={float(base['temperature']):.2f}",
+            _softmax(base["logits"] / float(base["temperature"])),
+        ),
     ]
     if smoothed is not None:
         panels.append(
@@ -257,7 +259,6 @@ def sweep_figures(
                 "Selective classification: error among the most confident predictions.",
             )
         )
-    del first
     return out
 
 
