@@ -386,7 +386,9 @@ def cross_entropy(
     returning a wrong gradient. It takes effect only where the logits require a gradient, the
     class dimension is last and contiguous and the implementation is a fused one; it is
     ignored otherwise. With ``return_nll=True`` and ``inplace=True`` only ``loss`` may be
-    backpropagated (use ``nll.detach()``).
+    backpropagated (use ``nll.detach()``). On a leaf tensor (e.g. logits made with
+    ``requires_grad=True`` in a benchmark) its ``.grad`` then aliases its own data: never use
+    ``inplace=True`` on a tensor an optimizer updates.
 
     Args:
         input: logits of shape (C,), (N, C) or (N, C, d1, ..., dk); any floating dtype.

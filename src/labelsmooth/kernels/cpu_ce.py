@@ -72,6 +72,8 @@ _SOURCE = r"""
 
 namespace {
 
+struct BadClassIndex {};  // a target >= K (validate=False): refuse, never index out of bounds
+
 inline float as_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t as_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 
@@ -291,6 +293,7 @@ void run_rows(const Args& a, int64_t r0, int64_t r1) {
       }
       continue;
     }
+    if (y >= k) throw BadClassIndex{};
     A m = ninf;
     if (cap > A(0)) {
 #pragma omp simd reduction(max : m)
@@ -352,6 +355,8 @@ int parallel_rows(int64_t rows, int64_t cols, int32_t threads, Fn fn) {
   auto work = [&](int64_t i) {
     try {
       fn(i * step, std::min(rows, (i + 1) * step));
+    } catch (const BadClassIndex&) {
+      failed[i] = 3;
     } catch (...) {
       failed[i] = 1;
     }
@@ -365,7 +370,7 @@ int parallel_rows(int64_t rows, int64_t cols, int32_t threads, Fn fn) {
   }
   work(0);
   for (auto& t : pool) t.join();
-  for (int f : failed) if (f) return 1;
+  for (int f : failed) if (f) return f;
   return 0;
 }
 
@@ -648,6 +653,11 @@ class CompiledBackend:
             stream=int(grad is not None and grad.data_ptr() != x.data_ptr() and _resident(grad)),
         )
         status = lib.ls_ce_rows(ctypes.byref(args))
+        if status == 3:
+            raise ValueError(
+                f"target contains a class index >= num_classes={k} (validate=False skipped "
+                f"the check); class indices must be in [0, {k - 1}] or equal ignore_index"
+            )
         if status != 0:
             raise RuntimeError(f"labelsmooth compiled kernel failed (status {status})")
         return loss, nll

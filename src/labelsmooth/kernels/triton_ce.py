@@ -130,13 +130,16 @@ def _ce_rows_kernel(
     m = tl.max(m_lane, axis=0)
     shift = tl.where(m == float("-inf"), 0.0, m)
     total = tl.sum(tl.where(m_lane == float("-inf"), 0.0, s_lane * tl.exp(m_lane - shift)), axis=0)
+    # A target >= K (validate=False) is never read out of bounds: loss, nll and gradient are nan.
+    in_range = y < n_cols
+    total = tl.where(in_range, total, float("nan"))
     lse = shift + tl.log(total)
     weighted = tl.sum(w_lane, axis=0)
     if HAS_B:
         weighted = b * weighted
 
     # Loss and nll of the row.
-    z_y = tl.load(x_row + y).to(tl.float32)
+    z_y = tl.load(x_row + y, mask=in_range, other=float("nan")).to(tl.float32)
     if HAS_CAP:
         z_y = softcap * _tanh(z_y / softcap)
     gap = lse - z_y
