@@ -79,3 +79,23 @@ def test_triton_never_reads_an_out_of_range_target_column():
         TRITON_INTERPRET="1",
     )
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+def test_shared_temporary_fallback_is_used_only_when_private(tmp_path, monkeypatch):
+    """A library in a fallback directory another user can write to is never loaded."""
+    from labelsmooth.kernels import cpu_ce
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    assert not cpu_ce._private(shared)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    assert cpu_ce._private(private) and cpu_ce._private(tmp_path / "absent")
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("LABELSMOOTH_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    monkeypatch.setattr(cpu_ce, "_fallback_dir", lambda: shared)
+    with pytest.raises(RuntimeError, match="owned or writable by another user; not used"):
+        cpu_ce._build()

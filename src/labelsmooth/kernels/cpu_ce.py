@@ -7,7 +7,8 @@ torch: it reads raw row-major buffers. So it is plain C++17, compiled by the sys
 :mod:`ctypes` (which releases the GIL during the call). No extra Python package is needed.
 
 * Cache: ``$LABELSMOOTH_CACHE_DIR``, else ``$XDG_CACHE_HOME/labelsmooth``, else
-  ``~/.cache/labelsmooth`` (a temporary directory when none is writable). The file name hashes
+  ``~/.cache/labelsmooth`` (else a private per-user ``labelsmooth-<uid>`` directory under the
+  system temporary directory, used only if no other user owns or can write it). The file name hashes
   the source, the compiler's version, the flags and the CPU's feature flags, so a shared home
   directory never hands a library built with ``-march=native`` to a different CPU. The build
   writes to a temporary name and renames it, so concurrent first uses (pytest-xdist, several
@@ -465,6 +466,27 @@ def _cache_dir() -> Path:
     return Path(base) / "labelsmooth"
 
 
+def _fallback_dir() -> Path:
+    """A per-user directory under the system temporary directory (used when the cache is not
+    writable)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"labelsmooth-{uid}"
+
+
+def _private(directory: Path) -> bool:
+    """``directory`` is absent, or ours and writable by nobody else: a library found there was
+    not planted by another user of a shared temporary directory."""
+    try:
+        status = directory.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if hasattr(os, "getuid") and status.st_uid != os.getuid():
+        return False
+    return not status.st_mode & 0o022
+
+
 def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
@@ -495,12 +517,15 @@ def _build() -> Path:
         flags = _BASE_FLAGS + arch
         key = "\n".join([_SOURCE, compiler, version, " ".join(flags), _cpu_flags()])
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        for directory in (_cache_dir(), Path(tempfile.gettempdir()) / "labelsmooth"):
+        for directory in (_cache_dir(), _fallback_dir()):
+            if directory == _fallback_dir() and not _private(directory):
+                errors.append(f"{directory}: owned or writable by another user; not used")
+                continue
             target = directory / f"labelsmooth_ce_{digest}.so"
             if target.exists():
                 return target
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 work = Path(tempfile.mkdtemp(prefix="build_", dir=directory))
             except OSError as err:
                 errors.append(f"{directory}: {err}")
