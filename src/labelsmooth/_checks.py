@@ -75,15 +75,7 @@ def check_eps(
     target must be a distribution for its entropy to exist. ``num_classes=None`` checks only
     what does not depend on K (used by modules before they have seen the logits).
     """
-    if isinstance(eps, Tensor):
-        if eps.numel() != 1:
-            raise ValueError(f"eps must be a number, got a tensor of shape {tuple(eps.shape)}")
-        eps = eps.item()
-    if isinstance(eps, bool) or not isinstance(eps, Real):
-        raise TypeError(f"eps must be a real number, got eps={eps!r}")
-    eps = float(eps)
-    if not math.isfinite(eps):
-        raise ValueError(f"eps must be finite, got eps={eps}")
+    eps = check_real("eps", eps)
     what = "binary targets" if binary else f"num_classes={num_classes}"
     if kl and eps < 0:
         raise ValueError(

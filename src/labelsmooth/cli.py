@@ -25,28 +25,25 @@ class UsageError(Exception):
     """Bad input from the command line: reported in one line, exit status 2."""
 
 
-def _float_list(text: str) -> list[float]:
+def _parse_list(text: str, kind: type, what: str, example: str) -> list:
+    """A comma-separated list of ``kind`` values for argparse, with a one-line error."""
     try:
-        values = [float(item) for item in text.split(",") if item.strip()]
+        values = [kind(item) for item in text.split(",") if item.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0,0.1, got {text!r}"
+            f"expected comma-separated {what}s such as {example}, got {text!r}"
         ) from err
     if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected at least one {what}, got {text!r}")
     return values
+
+
+def _float_list(text: str) -> list[float]:
+    return _parse_list(text, float, "number", "0,0.1")
 
 
 def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 0,1,2, got {text!r}"
-        ) from err
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
-    return values
+    return _parse_list(text, int, "integer", "0,1,2")
 
 
 def _positive_int(text: str) -> int:

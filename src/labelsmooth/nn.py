@@ -232,12 +232,8 @@ class LinearLabelSmoothingCrossEntropy(nn.Module):
         self.return_nll = _checks.check_flag("return_nll", return_nll)
         self.validate = _checks.check_flag("validate", validate)
         self.impl = _checks.check_choice("impl", impl, LINEAR_IMPLS)
-        self.z_loss = _checks.check_real("z_loss", z_loss, minimum=0.0)
-        self.softcap = (
-            None
-            if softcap is None
-            else _checks.check_real("softcap", softcap, minimum=0.0, strict=True)
-        )
+        self.z_loss = _checks.check_z_loss(z_loss)
+        self.softcap = _checks.check_softcap(softcap)
         prior_t = _as_buffer("prior", prior)
         num_classes = None if prior_t is None else prior_t.shape[0]
         self.eps = _checks.check_eps(eps, num_classes, self.style)

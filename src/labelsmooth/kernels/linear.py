@@ -600,9 +600,8 @@ def linear_cross_entropy(
     return_nll = _checks.check_flag("return_nll", return_nll)
     validate = _checks.check_flag("validate", validate)
     ignore_index = _checks.check_int("ignore_index", ignore_index)
-    z_loss = _checks.check_real("z_loss", z_loss, minimum=0.0)
-    if softcap is not None:
-        softcap = _checks.check_real("softcap", softcap, minimum=0.0, strict=True)
+    z_loss = _checks.check_z_loss(z_loss)
+    softcap = _checks.check_softcap(softcap)
     num_classes = weight.shape[0]
     eps = _checks.check_eps(eps, num_classes, style)
     cd = _checks.compute_dtype(hidden.dtype)
