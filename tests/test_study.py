@@ -167,6 +167,7 @@ def test_cli_runs_with_a_config_file_and_re_renders(tmp_path, capsys):
         (["--seeds", "1,1,2"], "seeds must be distinct"),
         (["--noise-rates", "0,1.2"], "noise_rates: 1.2 is outside"),
         (["--device", "tpu"], "device must be cpu"),
+        (["--threads", "-1"], "threads must be >= 0"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(argv, message, tmp_path, capsys):

@@ -186,6 +186,7 @@ _STUDY_FLAGS = (
     "noise_eps",
     "temperatures",
     "device",
+    "threads",
 )
 
 
@@ -266,6 +267,12 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         help=f"distillation temperatures (default: {show(defaults.temperatures)})",
     )
     study.add_argument("--device", help=f"torch device (default: {defaults.device})")
+    study.add_argument(
+        "--threads",
+        type=int,
+        help=f"torch threads per process, 0 for torch's default (default: {defaults.threads}: "
+        "the networks are small, and one thread stays fast on a shared machine)",
+    )
     study.add_argument(
         "--out", default="labelsmooth-study", help="output directory (default: labelsmooth-study)"
     )
