@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import struct
 
@@ -177,30 +178,217 @@ def test_npz_errors(tmp_path):
         load_npz(tmp_path / "len.npz")
 
 
-def test_csv_header_and_plain(tmp_path):
-    rows = ["f1,label,f2"] + [f"{i * 0.1},{i % 3},{i}" for i in range(30)]
-    (tmp_path / "a.csv").write_text("\n".join(rows) + "\n")
-    split = load_csv(tmp_path / "a.csv")
-    assert split.num_features == 2 and split.num_classes == 3
-    (tmp_path / "b.csv").write_text("\n".join(f"{i},{i * 2},{i % 2}" for i in range(20)))
-    assert load_dataset(f"csv:{tmp_path / 'b.csv'}").num_classes == 2
+def test_npz_labels_are_mapped_to_consecutive_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 2, 3], 10)
+    np.savez(tmp_path / "one.npz", x=rng.normal(size=(30, 4)), y=labels)
+    split = load_npz(tmp_path / "one.npz")
+    assert split.num_classes == 3 and split.class_names == ("1", "2", "3")
+    assert set(split.y_train.tolist()) == set(split.y_test.tolist()) == {0, 1, 2}
+    np.savez(tmp_path / "gap.npz", x=rng.normal(size=(20, 4)), y=np.repeat([0, 5], 10))
+    gap = load_npz(tmp_path / "gap.npz")
+    assert gap.num_classes == 2 and gap.class_names == ("0", "5")
+    np.savez(
+        tmp_path / "test.npz",
+        x=rng.normal(size=(12, 4)),
+        y=np.repeat([2, 7], 6),
+        x_test=rng.normal(size=(4, 4)),
+        y_test=np.array([7, 2, 7, 2]),
+    )
+    given = load_npz(tmp_path / "test.npz")
+    assert given.class_names == ("2", "7") and given.y_test.tolist() == [1, 0, 1, 0]
+
+
+def test_npz_test_label_unseen_in_training(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "unseen.npz",
+        x=rng.normal(size=(12, 4)),
+        y=np.repeat([0, 1], 6),
+        x_test=rng.normal(size=(3, 4)),
+        y_test=np.array([0, 4, 1]),
+    )
+    with pytest.raises(DatasetError, match=r"test label '4' does not occur in the training"):
+        load_npz(tmp_path / "unseen.npz")
+
+
+def _write_csv(path, header, rows, delimiter=","):
+    lines = ([delimiter.join(header)] if header else []) + [
+        delimiter.join(str(cell) for cell in row) for row in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _rows(labels, width=3, seed=0):
+    """One row per label: the label, then ``width`` features, the first equal to the label."""
+    rng = np.random.default_rng(seed)
+    return [[label, float(label), *np.round(rng.normal(size=width - 1), 3)] for label in labels]
+
+
+def test_csv_uci_wine_layout_label_first_without_header(tmp_path):
+    path = _write_csv(tmp_path / "wine.data", None, _rows(np.repeat([1, 2, 3], 10).tolist()))
+    for label_column in (0, "0", -4):
+        split = load_csv(path, label_column=label_column)
+        assert split.num_classes == 3 and split.num_features == 3
+        assert split.class_names == ("1", "2", "3")
+        assert len(split.x_train) + len(split.x_test) == 30  # no row taken as a header
+        assert set(split.y_train.tolist()) == {0, 1, 2}
+        # the first feature is the original label: class k holds the k-th smallest label
+        means = [float(split.x_train[split.y_train == k, 0].mean()) for k in range(3)]
+        assert means == sorted(means)
+    assert load_dataset(f"csv:{path}", label_column="0").num_classes == 3
+    with pytest.raises(DatasetError) as err:
+        load_csv(path)
+    assert str(err.value) == (
+        f"csv: {path} has no header row; give the label column with --label-column INDEX "
+        "(0 = first column, -1 = last)"
+    )
+
+
+def test_csv_header_with_target_column(tmp_path):
+    rows = [[i * 0.1, i, i % 3, i * i] for i in range(30)]
+    path = _write_csv(tmp_path / "a.csv", ["f1", "f2", " Target ", "f3"], rows)
+    split = load_csv(path)
+    assert split.num_features == 3 and split.num_classes == 3
+    assert split.class_names == ("0", "1", "2")
+    rows = [[i % 2, i * 0.5] for i in range(20)]
+    path = _write_csv(tmp_path / "b.csv", ["label", "x"], rows)
+    assert load_dataset(f"csv:{path}").num_classes == 2
+
+
+def test_csv_string_labels_and_label_column_by_name(tmp_path):
+    labels = ["M", "B", "B"] * 8
+    rows = [[i, label, i * 0.3, (i % 5) * 1.5] for i, label in enumerate(labels)]
+    path = _write_csv(tmp_path / "wdbc.csv", ["id", "diagnosis", "radius", "texture"], rows)
+    split = load_csv(path, label_column="Diagnosis")
+    assert split.class_names == ("B", "M") and split.num_classes == 2
+    assert split.num_features == 3
+    assert int((split.y_train == 1).sum() + (split.y_test == 1).sum()) == 8  # the M rows
+    # the same layout without a header (UCI's wdbc.data): the text label is not a header
+    bare = _write_csv(tmp_path / "wdbc.data", None, rows)
+    split = load_csv(bare, label_column=1)
+    assert len(split.x_train) + len(split.x_test) == 24 and split.class_names == ("B", "M")
+
+
+def test_csv_label_column_negative_index(tmp_path):
+    rows = [[i * 0.1, i * 2, i % 2] for i in range(20)]
+    path = _write_csv(tmp_path / "c.csv", None, rows)
+    for label_column in (-1, "-1", 2):
+        split = load_csv(path, label_column=label_column)
+        assert split.num_features == 2 and split.class_names == ("0", "1")
+
+
+def test_csv_missing_label_column_refused(tmp_path):
+    path = _write_csv(tmp_path / "data.csv", ["a", "b", "c"], [[1, 2, 3], [4, 5, 6]])
+    with pytest.raises(DatasetError) as err:
+        load_csv(path)
+    assert str(err.value) == (
+        f"csv: {path} has no column named label, target, y or class; name the label column "
+        "with --label-column NAME or INDEX (columns: a, b, c)"
+    )
+
+
+def test_csv_unknown_label_column(tmp_path):
+    rows = [[i, i * 2, i % 2] for i in range(12)]
+    path = _write_csv(tmp_path / "d.csv", ["a", "b", "label"], rows)
+    with pytest.raises(DatasetError, match=r"has no column named 'nope' .*columns: a, b, label"):
+        load_csv(path, label_column="nope")
+    for index in (3, -4, "7"):
+        with pytest.raises(DatasetError, match=r"--label-column -?\d is out of range.*0\.\.2"):
+            load_csv(path, label_column=index)
+    bare = _write_csv(tmp_path / "e.csv", None, rows)
+    with pytest.raises(DatasetError, match=r"has no header row, so --label-column 'label'"):
+        load_csv(bare, label_column="label")
+    with pytest.raises(DatasetError, match="applies to csv: data sets only"):
+        load_dataset("digits", label_column=0)
+    with pytest.raises(DatasetError, match="applies to csv: data sets only"):
+        load_dataset(f"npz:{tmp_path / 'x.npz'}", label_column="label")
+
+
+def test_csv_continuous_label_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [[i, float(v)] for i, v in enumerate(np.round(rng.normal(size=40), 4))]
+    path = _write_csv(tmp_path / "price.csv", ["x", "target"], rows)
+    with pytest.raises(DatasetError, match=r"40 distinct non-integer numbers.*regression target"):
+        load_csv(path)
+    few = [[i, 0.5 + i % 2] for i in range(12)]  # a few non-integer values are classes
+    split = load_csv(_write_csv(tmp_path / "few.csv", ["x", "y"], few))
+    assert split.class_names == ("0.5", "1.5")
+
+
+def test_csv_class_counts(tmp_path):
+    rows = [[i, i % 2] for i in range(20)] + [[7, 2], [8, 2]]
+    path = _write_csv(tmp_path / "small.csv", ["x", "label"], rows)
+    with pytest.raises(DatasetError, match=r"class '2' \(2 examples\) cannot be split.*at least 3"):
+        load_csv(path)
+    path = _write_csv(tmp_path / "one.csv", ["x", "label"], [[i, 4] for i in range(9)])
+    with pytest.raises(DatasetError, match="label '4'; a classifier needs at least 2 classes"):
+        load_csv(path)
+
+
+def test_csv_non_numeric_feature_cell(tmp_path):
+    rows = [[i, i * 2, i % 2] for i in range(10)]
+    rows[1][1] = "x"  # file row 3 (the header is row 1)
+    path = _write_csv(tmp_path / "text.csv", ["a", "b", "label"], rows)
+    with pytest.raises(DatasetError, match=r"row 3, column 1 \('b'\): 'x' is not a finite"):
+        load_csv(path)
+    rows[1][1], rows[2][0] = 1, ""
+    path = _write_csv(tmp_path / "hole.csv", ["a", "b", "label"], rows)
+    with pytest.raises(DatasetError, match=r"row 4, column 0 \('a'\) is empty"):
+        load_csv(path)
+    rows[2][0] = "nan"
+    path = _write_csv(tmp_path / "nan.csv", None, rows)
+    with pytest.raises(DatasetError, match=r"row 3, column 0: 'nan' is not a finite number"):
+        load_csv(path, label_column=-1)
+    rows[2][0], rows[4][2] = 1, ""
+    path = _write_csv(tmp_path / "nolabel.csv", ["a", "b", "label"], rows)
+    with pytest.raises(DatasetError, match=r"row 6: the label cell \(column 2 \('label'\)\)"):
+        load_csv(path)
+
+
+def test_csv_semicolons_bom_and_trailing_comma(tmp_path):
+    rows = [[i * 0.1, i, 3 + i % 3] for i in range(30)]
+    path = _write_csv(
+        tmp_path / "winequality.csv", ['"fixed acidity"', "b", '"quality"'], rows, ";"
+    )
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    split = load_csv(path, label_column="quality")
+    assert split.num_features == 2 and split.class_names == ("3", "4", "5")
+    # Kaggle's breast-cancer data.csv ends every line with a comma: an empty column, ignored
+    trailing = [[i, "MB"[i % 2], i * 0.5, ""] for i in range(12)]
+    path = _write_csv(tmp_path / "data.csv", ["id", "diagnosis", "radius", ""], trailing)
+    split = load_csv(path, label_column="diagnosis")
+    assert split.num_features == 2 and split.class_names == ("B", "M")
 
 
 def test_csv_errors(tmp_path):
-    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "empty.csv").write_text("\n \n")
     with pytest.raises(DatasetError, match="is empty"):
         load_csv(tmp_path / "empty.csv")
     (tmp_path / "ragged.csv").write_text("1,2,0\n1,0\n")
     with pytest.raises(DatasetError, match="row 2 has 2 columns, expected 3"):
-        load_csv(tmp_path / "ragged.csv")
-    (tmp_path / "text.csv").write_text("1,2,0\n1,x,1\n")
-    with pytest.raises(DatasetError, match="non-numeric"):
-        load_csv(tmp_path / "text.csv")
-    (tmp_path / "frac.csv").write_text("1,2,0.5\n1,3,1\n")
-    with pytest.raises(DatasetError, match="labels must be integers"):
-        load_csv(tmp_path / "frac.csv")
+        load_csv(tmp_path / "ragged.csv", label_column=-1)
+    (tmp_path / "header.csv").write_text("a,label\n")
+    with pytest.raises(DatasetError, match="has a header row but no data rows"):
+        load_csv(tmp_path / "header.csv")
     with pytest.raises(DatasetError, match="cannot read"):
         load_csv(tmp_path / "missing.csv")
+
+
+def test_csv_breast_cancer_from_scikit_learn(tmp_path):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    bunch = sklearn_datasets.load_breast_cancer()
+    path = tmp_path / "breast_cancer.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*bunch.feature_names, "target"])
+        for features, target in zip(bunch.data, bunch.target, strict=True):
+            writer.writerow([*(repr(float(v)) for v in features), int(target)])
+    split = load_dataset(f"csv:{path}")
+    assert split.num_classes == 2 and split.num_features == 30
+    assert split.class_names == ("0", "1")
+    assert len(split.x_train) + len(split.x_test) == 569
 
 
 def test_unknown_dataset():

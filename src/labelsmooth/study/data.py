@@ -7,13 +7,45 @@ format, IDX). Every malformed input raises :class:`DatasetError` with a one-line
 
 Specs (``--dataset``): ``digits``, ``synthetic``, ``mnist:DIR``, ``cifar10:DIR``, ``npz:FILE``,
 ``csv:FILE``.
+
+CSV files (``csv:FILE``)
+    One example per row. Cells are separated by commas, semicolons or tabs (whichever the first
+    line holds most of); quoted cells, blank lines and a UTF-8 byte-order mark are allowed.
+
+    *Header row.* The first row is a header when one of its cells is text (not a number) above a
+    number in the second row; otherwise the file has no header and every row is an example.
+
+    *Label column.* ``--label-column NAME`` picks the header column of that name (case and
+    surrounding spaces ignored); ``--label-column INDEX`` picks a column by position, 0 being
+    the first and -1 the last (a value made of digits is always an index). Without
+    ``--label-column`` the label is the header column named ``label``, ``target``, ``y`` or
+    ``class`` (in that order of preference); a file with no such column, or with no header,
+    is refused: the last column is never taken silently.
+
+    *Labels* may be integers, other numbers or text (``M``/``B``). They are mapped to the
+    classes 0..K-1 in sorted order of their values (numeric order when every label is a number,
+    else string order), so labels 1, 2, 3 give 3 classes; ``Split.class_names[k]`` is the
+    original label of class ``k``. A numeric label column with non-integer values and more than
+    20 distinct values is refused as a regression target. There must be at least 2 classes and
+    every class needs at least 3 examples (to be split into training, validation and test).
+
+    *Features* are every other column and must be finite numbers (no empty cells); a column
+    that is empty in every row (as a trailing comma makes) is ignored. Features are
+    standardised with statistics of the training part, and 30% of the rows, stratified by
+    class, are held out as the test set.
+
+NPZ files (``npz:FILE``) with class labels (not multi-label) are mapped the same way: labels
+{1, 2, 3} or {0, 5} become classes 0..K-1, and a test label absent from the training labels is
+refused. MNIST and CIFAR-10 keep their fixed 10 classes.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,7 +60,13 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Split:
-    """Features (N, D) float32 and labels: (N,) int64 classes, or (N, L) float 0/1 multi-label."""
+    """Features (N, D) float32 and labels: (N,) int64 classes, or (N, L) float 0/1 multi-label.
+
+    ``class_names`` is the label mapping: for class data, ``class_names[k]`` is the name of
+    class ``k`` -- for a CSV or NPZ file the original label value, as a string, that was mapped
+    to index ``k`` (labels 1, 2, 3 give ``("1", "2", "3")``, labels M/B give ``("B", "M")``);
+    for multi-label data the name of target column ``k``. It may be empty (no names known).
+    """
 
     name: str
     x_train: Tensor
@@ -116,6 +154,82 @@ def _check_labels(name: str, labels: np.ndarray, num_classes: int | None = None)
     return labels
 
 
+def _label_text(value: object) -> str:
+    """A label value as a class name: integers without ``.0``, other floats as ``repr``."""
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    if isinstance(value, (np.integer, np.bool_)):
+        return str(value.item())
+    return str(value)
+
+
+def _list_names(names: list[str] | tuple[str, ...], limit: int = 12) -> str:
+    shown = [repr(n) if not n or n != n.strip() else n for n in names[:limit]]
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
+MIN_CLASS_EXAMPLES = 3  # training, validation and test each need one example of every class
+
+
+def encode_labels(
+    name: str,
+    labels: np.ndarray,
+    test_labels: np.ndarray | None = None,
+    *,
+    min_examples: int = MIN_CLASS_EXAMPLES,
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """Maps class labels to indices 0..K-1 in sorted order of their values.
+
+    The one place labels of user data become class indices (``load_csv``, and ``load_npz``
+    through :func:`from_arrays`). ``labels`` is a 1-D array of numbers (sorted by value) or of
+    strings (sorted as strings). Returns ``(indices, test_indices, class_names)``: int64
+    indices, the test labels mapped the same way (``None`` when not given), and the original
+    value of each class as a string (``class_names[k]`` for class ``k``).
+
+    Raises :class:`DatasetError` for fewer than 2 classes, a class with fewer than
+    ``min_examples`` examples, or a test label that is not among ``labels``.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    numeric = labels.dtype.kind in "biuf"
+    if not numeric:
+        labels = labels.astype(str)
+    if labels.size == 0:
+        raise DatasetError(f"{name}: no examples")
+    values, indices, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    names = tuple(_label_text(v) for v in values)
+    if len(values) < 2:
+        raise DatasetError(
+            f"{name}: every example has the label {names[0]!r}; a classifier needs at least "
+            "2 classes"
+        )
+    small = [(n, int(c)) for n, c in zip(names, counts, strict=True) if c < min_examples]
+    if small:
+        listed = ", ".join(f"{n!r} ({c} example{'s' if c > 1 else ''})" for n, c in small[:5]) + (
+            f" and {len(small) - 5} more" if len(small) > 5 else ""
+        )
+        which = "class" if len(small) == 1 else "classes"
+        raise DatasetError(
+            f"{name}: {which} {listed} cannot be split into training, validation and test; "
+            f"every class needs at least {min_examples} examples"
+        )
+    test_indices = None
+    if test_labels is not None:
+        test_labels = np.asarray(test_labels).reshape(-1)
+        if not numeric or test_labels.dtype.kind not in "biuf":
+            test_labels = test_labels.astype(str)
+            values = values.astype(str)
+        position = np.clip(np.searchsorted(values, test_labels), 0, len(values) - 1)
+        unseen = values[position] != test_labels
+        if unseen.any():
+            raise DatasetError(
+                f"{name}: test label {_label_text(test_labels[unseen][0])!r} does not occur in "
+                f"the training labels ({_list_names(names)})"
+            )
+        test_indices = position.astype(np.int64)
+    return indices.reshape(-1).astype(np.int64), test_indices, names
+
+
 def from_arrays(
     name: str,
     x_train: np.ndarray,
@@ -127,8 +241,15 @@ def from_arrays(
     seed: int = 0,
     num_classes: int | None = None,
     class_names: tuple[str, ...] = (),
+    map_labels: bool = False,
 ) -> Split:
-    """Builds a standardised split; labels (N,) or (N, 1) are classes, (N, L>1) multi-label."""
+    """Builds a standardised split; labels (N,) or (N, 1) are classes, (N, L>1) multi-label.
+
+    Class labels must be integers >= 0 (below ``num_classes`` when given). With ``map_labels``
+    they are mapped to 0..K-1 in sorted order by :func:`encode_labels` (``class_names`` then
+    holds the original values; ``num_classes`` and ``class_names`` must not be given);
+    multi-label targets are never mapped.
+    """
     x_train = np.asarray(x_train, dtype=np.float64)
     x_train = x_train.reshape(len(x_train), -1)
     y_train = np.asarray(y_train)
@@ -145,6 +266,18 @@ def from_arrays(
         raise DatasetError(f"{name}: labels must be (N,) or (N, L), got shape {y_train.shape}")
     if multilabel and not np.isin(y_train, (0, 1)).all():
         raise DatasetError(f"{name}: multi-label targets must be 0 or 1")
+    if y_test is not None:
+        y_test = np.asarray(y_test)
+        if y_test.ndim == 2 and not multilabel:
+            y_test = y_test[:, 0]
+    if map_labels and not multilabel:
+        if num_classes is not None or class_names:
+            raise ValueError("map_labels sets num_classes and class_names; do not pass them")
+        y_train = _check_labels(name, y_train)
+        if y_test is not None:
+            y_test = _check_labels(f"{name} (test)", y_test)
+        y_train, y_test, class_names = encode_labels(name, y_train, y_test)
+        num_classes = len(class_names)
     if x_test is None:
         if multilabel:
             order = np.random.default_rng(seed).permutation(len(y_train))
@@ -157,9 +290,6 @@ def from_arrays(
         x_train, y_train = x_train[train], y_train[train]
     else:
         x_test = np.asarray(x_test, dtype=np.float64).reshape(len(x_test), -1)
-        y_test = np.asarray(y_test)
-        if y_test.ndim == 2 and not multilabel:
-            y_test = y_test[:, 0]
         if len(x_test) != len(y_test):
             raise DatasetError(
                 f"{name}: {len(x_test)} test rows but {len(y_test)} test labels; they must match"
@@ -401,7 +531,11 @@ def load_cifar10(directory: str | Path) -> Split:
 def load_npz(path: str | Path, seed: int = 0) -> Split:
     """``x``/``y`` arrays (optional ``x_test``/``y_test``), or the MedMNIST layout
     (``train_images``, ``train_labels``, ``val_*``, ``test_*``; labels (N, 1) classes or (N, L)
-    multi-label). Validation data, when present, is added to the training data."""
+    multi-label). Validation data, when present, is added to the training data.
+
+    Class labels (integers >= 0) are mapped to 0..K-1 in sorted order, ``class_names`` holding
+    the original values (see :func:`encode_labels`); a test label that does not occur in the
+    training labels is refused. Multi-label targets are kept as they are."""
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -435,60 +569,223 @@ def load_npz(path: str | Path, seed: int = 0) -> Split:
     if x_train.dtype == np.uint8:
         x_train = x_train / 255.0
         x_test = None if x_test is None else x_test / 255.0
-    return from_arrays(f"npz:{path.name}", x_train, y_train, x_test, y_test, seed=seed)
+    return from_arrays(
+        f"npz:{path.name}", x_train, y_train, x_test, y_test, seed=seed, map_labels=True
+    )
 
 
-def load_csv(path: str | Path, seed: int = 0) -> Split:
-    """Numeric CSV: one example per row; the label is the column named ``label``, ``target``,
-    ``y`` or ``class`` if the first row is a header, else the last column."""
-    path = Path(path)
+DEFAULT_LABEL_COLUMNS = ("label", "target", "y", "class")
+MAX_CONTINUOUS_CLASSES = 20  # more distinct non-integer numbers than this: a regression target
+
+
+def _is_number(cell: str) -> bool:
     try:
-        with path.open(newline="") as handle:
-            rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _delimiter(line: str) -> str:
+    """The most frequent of comma, semicolon and tab in ``line`` (a tie goes to the comma)."""
+    return max((",", ";", "\t"), key=line.count)
+
+
+def _has_header(rows: list[list[str]]) -> bool:
+    """The first row is a header if one of its cells is text above a number in the second row
+    (a file whose first row has a text cell and no second row is a lone header)."""
+    text = [i for i, cell in enumerate(rows[0]) if cell and not _is_number(cell)]
+    if len(rows) == 1:
+        return bool(text)
+    below = rows[1]
+    return any(i < len(below) and below[i] and _is_number(below[i]) for i in text)
+
+
+def _label_index(
+    where: str, label_column: int | str | None, header: list[str] | None, width: int
+) -> int:
+    """The position of the label column (see :func:`load_csv` for the rules)."""
+    if label_column is None:
+        if header is None:
+            raise DatasetError(
+                f"{where} has no header row; give the label column with --label-column INDEX "
+                "(0 = first column, -1 = last)"
+            )
+        folded = [cell.lower() for cell in header]
+        for name in DEFAULT_LABEL_COLUMNS:
+            if name in folded:
+                return folded.index(name)
+        raise DatasetError(
+            f"{where} has no column named {', '.join(DEFAULT_LABEL_COLUMNS[:-1])} or "
+            f"{DEFAULT_LABEL_COLUMNS[-1]}; name the label column with --label-column NAME or "
+            f"INDEX (columns: {_list_names(header)})"
+        )
+    if isinstance(label_column, bool) or not isinstance(label_column, (int, str)):
+        raise DatasetError(f"--label-column must be a column name or index, got {label_column!r}")
+    if isinstance(label_column, str):
+        text = label_column.strip()
+        if not text:
+            raise DatasetError("--label-column is empty; give a column name or index")
+        if re.fullmatch(r"[+-]?[0-9]+", text):
+            label_column = int(text)
+        else:
+            if header is None:
+                raise DatasetError(
+                    f"{where} has no header row, so --label-column {text!r} names no column; "
+                    "give an INDEX instead (0 = first column, -1 = last)"
+                )
+            matches = [i for i, cell in enumerate(header) if cell.lower() == text.lower()]
+            if not matches:
+                raise DatasetError(
+                    f"{where} has no column named {text!r} (--label-column); columns: "
+                    f"{_list_names(header)}"
+                )
+            if len(matches) > 1:
+                raise DatasetError(
+                    f"{where} has {len(matches)} columns named {text!r} (at indices "
+                    f"{', '.join(map(str, matches))}); give --label-column INDEX instead"
+                )
+            return matches[0]
+    if not -width <= label_column < width:
+        raise DatasetError(
+            f"{where}: --label-column {label_column} is out of range; the file has {width} "
+            f"columns, so an index is 0..{width - 1} (or -{width}..-1 from the end)"
+        )
+    return label_column % width
+
+
+def load_csv(path: str | Path, seed: int = 0, label_column: int | str | None = None) -> Split:
+    """A CSV file of numeric features and one label column (one example per row).
+
+    Cells are separated by commas, semicolons or tabs (whichever the first line holds most of).
+    The first row is a header when one of its cells is text above a number in the second row.
+
+    ``label_column`` (``--label-column``) is a column name (str, matched against the header
+    ignoring case and surrounding spaces) or an index (int, or a str of digits such as ``"0"``;
+    negative counts from the end, -1 being the last column). When it is ``None`` the label is
+    the header column named ``label``, ``target``, ``y`` or ``class`` (first found in that
+    order); with no such column, or no header row, :class:`DatasetError` says how to name it.
+
+    Labels may be integers, numbers or text. They are mapped to classes 0..K-1 in sorted order
+    of their values (numeric order when all are numbers, else string order); ``class_names``
+    holds the original label of each class (labels 1, 2, 3 give ``("1", "2", "3")``). A
+    numeric label column with non-integer values and more than 20 distinct values is refused as
+    a regression target; at least 2 classes, each with at least 3 examples, are required.
+    Every other column is a feature and must hold finite numbers; a column empty in every row
+    (a trailing comma) is ignored. Rows are numbered as lines of the file, the first being 1.
+    30% of the rows, stratified by class, become the test set.
+    """
+    path = Path(path)
+    where = f"csv: {path}"
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            text = handle.read()
     except OSError as err:
         raise DatasetError(f"csv: cannot read {path} ({err.strerror})") from err
     except UnicodeDecodeError as err:
-        raise DatasetError(f"csv: {path} is not a text file") from err
-    if not rows:
-        raise DatasetError(f"csv: {path} is empty")
-    label_column = len(rows[0]) - 1
+        raise DatasetError(f"csv: {path} is not a UTF-8 text file ({err.reason})") from err
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(first_line))
+    numbered: list[tuple[int, list[str]]] = []
     try:
-        [float(cell) for cell in rows[0]]
-    except ValueError:
-        header = [cell.strip().lower() for cell in rows[0]]
-        for name in ("label", "target", "y", "class"):
-            if name in header:
-                label_column = header.index(name)
-                break
-        rows = rows[1:]
-    width = len(rows[0]) if rows else 0
-    if width < 2:
-        raise DatasetError(f"csv: {path} needs at least one feature column and a label column")
-    for number, row in enumerate(rows, start=1):
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                numbered.append((reader.line_num, [cell.strip() for cell in row]))
+    except csv.Error as err:
+        raise DatasetError(f"{where} line {reader.line_num}: malformed CSV ({err})") from err
+    if not numbered:
+        raise DatasetError(f"{where} is empty")
+    width = len(numbered[0][1])
+    for number, row in numbered:
         if len(row) != width:
-            raise DatasetError(f"csv: {path} row {number} has {len(row)} columns, expected {width}")
+            raise DatasetError(f"{where} row {number} has {len(row)} columns, expected {width}")
+    header = numbered.pop(0)[1] if _has_header([row for _, row in numbered[:2]]) else None
+    if width < 2:
+        raise DatasetError(f"{where} needs at least one feature column and a label column")
+    if not numbered:
+        raise DatasetError(f"{where} has a header row but no data rows")
+    label = _label_index(where, label_column, header, width)
+
+    def column(index: int) -> str:
+        return f"column {index} ({header[index]!r})" if header else f"column {index}"
+
+    features = [i for i in range(width) if i != label and any(row[i] for _, row in numbered)]
+    if not features:
+        raise DatasetError(f"{where} has no feature column besides the label {column(label)}")
     try:
-        table = np.array([[float(cell) for cell in row] for row in rows])
-    except ValueError as err:
-        raise DatasetError(f"csv: {path} has a non-numeric cell ({err})") from err
-    labels = table[:, label_column]
-    features = np.delete(table, label_column, axis=1)
-    return from_arrays(f"csv:{path.name}", features, labels, seed=seed)
+        table = np.array([[float(row[i]) for i in features] for _, row in numbered])
+    except ValueError:
+        table = None
+    if table is None or not np.all(np.isfinite(table)):
+        for number, row in numbered:
+            for i in features:
+                if not row[i]:
+                    raise DatasetError(
+                        f"{where} row {number}, {column(i)} is empty; feature cells must be "
+                        "numbers (missing values are not supported)"
+                    )
+                if not _is_number(row[i]) or not math.isfinite(float(row[i])):
+                    raise DatasetError(
+                        f"{where} row {number}, {column(i)}: {row[i]!r} is not a finite "
+                        "number; feature cells must be numbers"
+                    )
+    assert table is not None  # else the scan above has raised
+    cells = [row[label] for _, row in numbered]
+    for (number, _), cell in zip(numbered, cells, strict=True):
+        if not cell:
+            raise DatasetError(f"{where} row {number}: the label cell ({column(label)}) is empty")
+    labels: np.ndarray
+    if all(_is_number(cell) for cell in cells):
+        labels = np.array([float(cell) for cell in cells])
+        bad = np.flatnonzero(~np.isfinite(labels))
+        if bad.size:
+            raise DatasetError(
+                f"{where} row {numbered[bad[0]][0]}: label {cells[bad[0]]!r} is not a class"
+            )
+        distinct = np.unique(labels)
+        if not np.all(distinct == np.round(distinct)) and len(distinct) > MAX_CONTINUOUS_CLASSES:
+            raise DatasetError(
+                f"{where}: the label {column(label)} holds {len(distinct)} distinct non-integer "
+                "numbers, which looks like a regression target, not classes; choose the class "
+                "column with --label-column NAME or INDEX"
+            )
+    else:
+        labels = np.array(cells, dtype=str)
+    indices, _, class_names = encode_labels(where, labels)
+    return from_arrays(
+        f"csv:{path.name}",
+        table,
+        indices,
+        seed=seed,
+        num_classes=len(class_names),
+        class_names=class_names,
+    )
 
 
 DATASETS = ("digits", "synthetic", "mnist:DIR", "cifar10:DIR", "npz:FILE", "csv:FILE")
 
 
-def load_dataset(spec: str, seed: int = 0) -> Split:
-    """Loads a data set from its ``--dataset`` spec (see :data:`DATASETS`)."""
+def load_dataset(spec: str, seed: int = 0, *, label_column: int | str | None = None) -> Split:
+    """Loads a data set from its ``--dataset`` spec (see :data:`DATASETS`).
+
+    ``label_column`` (``--label-column``) is passed to :func:`load_csv`; it is refused for any
+    other data set.
+    """
     kind, _, argument = spec.partition(":")
-    if kind == "digits" and not argument:
-        return load_digits(seed=seed)
-    if kind == "synthetic" and not argument:
-        return synthetic(seed=seed)
     loaders = {"mnist": load_mnist, "cifar10": load_cifar10, "npz": load_npz, "csv": load_csv}
-    if kind in loaders and argument:
-        if kind in ("npz", "csv"):
-            return loaders[kind](argument, seed=seed)
-        return loaders[kind](argument)
-    raise DatasetError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASETS)}")
+    known = (kind in ("digits", "synthetic") and not argument) or (kind in loaders and argument)
+    if not known:
+        raise DatasetError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASETS)}")
+    if label_column is not None and kind != "csv":
+        raise DatasetError(
+            f"--label-column applies to csv: data sets only, not to --dataset {spec}"
+        )
+    if kind == "digits":
+        return load_digits(seed=seed)
+    if kind == "synthetic":
+        return synthetic(seed=seed)
+    if kind == "csv":
+        return load_csv(argument, seed=seed, label_column=label_column)
+    if kind == "npz":
+        return load_npz(argument, seed=seed)
+    return loaders[kind](argument)
