@@ -39,6 +39,7 @@ __all__ = [
     "auroc",
     "brier_score",
     "classwise_calibration_error",
+    "excess_aurc",
     "expected_calibration_error",
     "fit_temperature",
     "logit_gap",
@@ -614,6 +615,31 @@ def aurc(probs: ArrayLike, labels: ArrayLike) -> float:
         0.0625
     """
     return risk_coverage_curve(probs, labels).aurc
+
+
+def excess_aurc(probs: ArrayLike, labels: ArrayLike) -> float:
+    r"""AURC minus the smallest AURC any ranking could reach at the same error rate (E-AURC).
+
+    .. math::
+
+        \mathrm{E\text{-}AURC} = \mathrm{AURC} - \Big[r + (1 - r)\log(1 - r)\Big]
+
+    with :math:`r` the error rate of the arg-max predictions (Geifman et al. 2019): the
+    bracket is the AURC of a ranking that puts every error last (its continuous form). It
+    separates the quality of the confidence ranking from the accuracy, so two models of
+    different accuracy can be compared; 0 is a perfect ranking. With :math:`r = 1` the bracket
+    is 1.
+
+    Example:
+        >>> probs = torch.tensor([[0.95, 0.05], [0.65, 0.35], [0.3, 0.7], [0.85, 0.15]])
+        >>> round(excess_aurc(probs, torch.tensor([0, 1, 1, 0])), 4)
+        0.0283
+    """
+    array, classes = _prepare(probs, labels)
+    _, correct = _top_label(array, classes)
+    error = 1.0 - float(np.mean(correct))
+    optimal = 1.0 if error >= 1.0 else error + (1.0 - error) * math.log1p(-error)
+    return risk_coverage_curve(array, classes).aurc - optimal
 
 
 # --------------------------------------------------------------------------------------------
