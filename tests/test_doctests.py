@@ -14,6 +14,7 @@ MODULES = [
     "labelsmooth.analysis",
     "labelsmooth.distributed",
     "labelsmooth.kernels.linear",
+    "labelsmooth.study.stats",
 ]
 
 

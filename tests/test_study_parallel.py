@@ -29,7 +29,9 @@ overconfident_data = "subset"
 
 
 def _records(directory):
-    return [json.loads(line) for line in (directory / "results.jsonl").read_text().splitlines()]
+    """The runs in key order (worker processes finish them in any order)."""
+    lines = (directory / "results.jsonl").read_text().splitlines()
+    return sorted((json.loads(line) for line in lines), key=lambda record: record["key"])
 
 
 def test_two_process_torchrun_matches_a_single_process(tmp_path):

@@ -132,17 +132,19 @@ def run_study_command(args: argparse.Namespace) -> int:
 
     try:
         config = make_config(_study_overrides(args), quick=args.quick)
-        out = Path(args.out)
+        out = Path(args.out or (DEFAULT_OUT_QUICK if args.quick else DEFAULT_OUT))
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out: {out} exists and is not a directory")
         start = time.perf_counter()
-        summary = run_study(config, out, quiet=args.quiet)
+        summary = run_study(
+            config, out, quiet=args.quiet, profile="quick" if args.quick else "full"
+        )
     except (ConfigError, DatasetError) as err:
         raise UsageError(str(err)) from err
     except KeyboardInterrupt:
         print(
-            f"\nlabelsmooth study: interrupted; finished runs are saved in {args.out}/"
-            "results.jsonl — run the same command again to resume",
+            "\nlabelsmooth study: interrupted; finished runs are saved in results.jsonl of "
+            "the output folder — run the same command again to resume",
             file=sys.stderr,
         )
         return 130
@@ -150,16 +152,32 @@ def run_study_command(args: argparse.Namespace) -> int:
         shutdown()
     if summary["rank"] != 0:
         return 0  # rank 0 of a data-parallel study reports for everyone
-    resumed = summary["runs"] - summary["computed"]
+    resumed = summary["total_runs"] - summary["computed"]
     print(
         f"\n{summary['dataset']}: {summary['runs']} runs ({summary['computed']} trained now, "
         f"{resumed} resumed from {out / 'results.jsonl'}) in {time.perf_counter() - start:.0f} s"
     )
     if summary["world_size"] > 1:
         print(f"data-parallel over {summary['world_size']} processes; rank 0 wrote the results")
-    print(summary["main_table"])
-    print(f"\nreport: {summary['report']}\nsummary: {summary['summary']}")
+    _print_verdict(summary)
+    print(
+        f"\nreport: {summary['report']}\nfindings: {summary['findings']}\n"
+        f"summary: {summary['summary']}"
+    )
     return 0
+
+
+def _print_verdict(summary: dict) -> None:
+    runs = summary.get("runs", {})
+    if runs and not summary.get("complete", True):
+        print(f"partial: {runs['finished']} of {runs['planned']} runs finished")
+    if runs.get("diverged"):
+        print(f"{runs['diverged']} runs diverged (counted in the report, left out of the means)")
+    if summary.get("verdict_table"):
+        print("\nverdict (mean; paired difference to the baseline [95% CI]):")
+        print(summary["verdict_table"])
+    if summary.get("recommendation"):
+        print(f"\nrecommendation: {summary['recommendation']}")
 
 
 def run_report_command(args: argparse.Namespace) -> int:
@@ -169,8 +187,8 @@ def run_report_command(args: argparse.Namespace) -> int:
         summary = render_report(args.directory)
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(str(err)) from err
-    print(summary["main_table"])
-    print(f"\nreport: {summary['report']}")
+    _print_verdict(summary)
+    print(f"\nreport: {summary['report']}\nfindings: {summary['findings']}")
     return 0
 
 
@@ -187,6 +205,20 @@ _STUDY_FLAGS = (
     "temperatures",
     "device",
     "threads",
+    "workers",
+    "select",
+    "label_column",
+    "max_train",
+)
+
+DEFAULT_OUT = "labelsmooth-study"
+DEFAULT_OUT_QUICK = "labelsmooth-study-quick"
+
+CSV_FORMAT = (
+    "CSV files: one example per row, a header row naming the columns, numeric feature "
+    "columns, and a label column named label, target, y or class (or chosen with "
+    "--label-column NAME|INDEX). Labels may be numbers or strings; they are mapped to "
+    "0..K-1 in sorted order and the report shows the mapping."
 )
 
 
@@ -198,7 +230,7 @@ def _str_list(text: str) -> list[str]:
 
 
 def _add_study_parser(commands: argparse._SubParsersAction) -> None:
-    from .study.config import EXPERIMENTS, QUICK, StudyConfig
+    from .study.config import EXPERIMENTS, QUICK, SELECT_RULES, StudyConfig
     from .study.data import DATASETS
 
     defaults = StudyConfig()
@@ -212,12 +244,21 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         "study",
         help="train models with and without smoothing and write a report (the main job)",
         description="Trains real models with and without label smoothing and writes "
-        "results.jsonl, summary.csv, figures/*.png and report.html to --out. Re-running the "
-        "same command resumes: finished runs are skipped. Settings come from the defaults, "
-        "then --quick, then --config, then the flags.",
+        "study.json, results.jsonl, findings.json, summary.csv, figures/*.png and report.html "
+        "(opening with the verdict) to --out. Every choice is made on validation data and "
+        "every comparison is paired by seed with a 95% interval. Re-running the same command "
+        "resumes: finished runs are skipped. Settings come from the defaults, then --quick, "
+        "then --config, then the flags.",
     )
     study.add_argument(
-        "--dataset", help=f"one of {', '.join(DATASETS)} (default: {defaults.dataset})"
+        "--dataset",
+        help=f"one of {', '.join(DATASETS)} (default: {defaults.dataset}). {CSV_FORMAT}",
+    )
+    study.add_argument(
+        "--label-column",
+        dest="label_column",
+        help="csv data sets: the label column's name or 0-based index (default: the column "
+        "named label, target, y or class)",
     )
     study.add_argument(
         "--config",
@@ -239,7 +280,21 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
     study.add_argument(
         "--seeds",
         type=_int_list,
-        help=f"seeds, at least 3 for mean ± sd (default: {show(defaults.seeds)})",
+        help=f"seeds; every comparison is paired by seed, so at least 2 (default: "
+        f"{show(defaults.seeds)}; --quick: {show(QUICK['seeds'])}, with wide intervals)",
+    )
+    study.add_argument(
+        "--select",
+        choices=SELECT_RULES,
+        help="the checkpoint kept from each run: best validation accuracy (ties: lower NLL), "
+        f"lowest validation NLL, or the final epoch (default: {defaults.select})",
+    )
+    study.add_argument(
+        "--max-train",
+        dest="max_train",
+        type=int,
+        help="use at most this many training examples, stratified (default: all; the study "
+        "warns before training when a data set would take far longer than the profile)",
     )
     study.add_argument(
         "--epochs",
@@ -274,12 +329,21 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         "the networks are small, and one thread stays fast on a shared machine)",
     )
     study.add_argument(
-        "--out", default="labelsmooth-study", help="output directory (default: labelsmooth-study)"
+        "--workers",
+        type=int,
+        help="parallel worker processes, each with --threads torch threads (default: one per "
+        "CPU core)",
+    )
+    study.add_argument(
+        "--out",
+        help=f"output folder; it holds one configuration: the same command resumes, a "
+        f"different one is refused (default: {DEFAULT_OUT}; --quick: {DEFAULT_OUT_QUICK})",
     )
     study.add_argument(
         "--quick",
         action="store_true",
-        help="shorter training (about a minute on 2 CPU cores, against about 3)",
+        help=f"{QUICK['epochs']} epochs and {len(QUICK['seeds'])} seeds instead of "
+        f"{defaults.epochs} and {len(defaults.seeds)}, into its own default folder",
     )
     study.add_argument("--quiet", action="store_true", help="no progress bar")
     study.set_defaults(handler=run_study_command)
@@ -287,7 +351,7 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
     report = commands.add_parser(
         "report",
         help="re-render the report from a study's saved results",
-        description="Re-renders summary.csv, figures and report.html from DIR/results.jsonl.",
+        description="Re-renders findings.json, summary.csv, figures and report.html from DIR.",
     )
     report.add_argument("directory", help="the study's --out directory")
     report.set_defaults(handler=run_report_command)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _checks
+from .train import SELECT_RULES
 
 EXPERIMENTS = ("sweep", "noise", "distillation", "multilabel")
 
@@ -27,13 +28,19 @@ class StudyConfig:
     experiments: tuple[str, ...] = EXPERIMENTS
     eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
     styles: tuple[str, ...] = ("uniform", "others")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     epochs: int = 60
     width: int = 128
     depth: int = 2
     batch_size: int = 64
     lr: float = 1e-3
     validation_fraction: float = 0.15
+    # the checkpoint kept from each run: the best validation epoch by accuracy (ties: lower
+    # NLL) or by NLL, or the final epoch
+    select: str = "accuracy"
+    # csv data sets: the label column's name or 0-based index ("" = a column named label,
+    # target, y or class)
+    label_column: str = ""
     n_bins: int = 15
     # second sweep setting, where the baseline is over-confident: "synthetic" (the generated
     # task with overlapping classes), "subset" (overconfident_train_size examples of the data
@@ -56,18 +63,37 @@ class StudyConfig:
     # is shared (two studies at once: 72 s each with one thread, over 10 minutes with two).
     # 0: torch's default.
     threads: int = 1
-
-    def fingerprint(self, *names: str) -> str:
-        """A short hash of the named fields: runs whose inputs changed are not resumed."""
-        payload = {name: getattr(self, name) for name in names}
-        text = json.dumps(payload, sort_keys=True, default=str)
-        return hashlib.sha1(text.encode()).hexdigest()[:10]
+    # parallel worker processes (each with `threads` torch threads); 0: one per CPU core
+    workers: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    def numeric_settings(self) -> dict[str, Any]:
+        """Every setting that can change a number (not threads or workers), JSON-ready."""
+        return {
+            name: list(value) if isinstance(value, tuple) else value
+            for name, value in self.as_dict().items()
+            if name not in RUNTIME_SETTINGS
+        }
 
-QUICK = {"epochs": 20, "overconfident_epochs": 60, "overconfident_train_size": 300}
+    def fingerprint(self, data_fingerprint: str = "") -> str:
+        """A hash of :meth:`numeric_settings` and the data set's contents: a study folder holds
+        exactly one fingerprint."""
+        payload = {"settings": self.numeric_settings(), "data": data_fingerprint}
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Settings that change how fast a study runs but never a number it reports.
+RUNTIME_SETTINGS = ("threads", "workers")
+
+QUICK = {
+    "epochs": 20,
+    "overconfident_epochs": 60,
+    "overconfident_train_size": 300,
+    "seeds": (0, 1, 2),
+}
 
 _TUPLE_TYPES = {
     "experiments": str,
@@ -94,6 +120,8 @@ def _coerce(name: str, value: Any) -> Any:
             return tuple(kind(item) if kind is not float else float(item) for item in value)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{name} must be a list of {kind.__name__}, got {value!r}") from err
+    if name == "label_column" and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     if isinstance(default, bool) or not isinstance(value, type(default)):
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
@@ -174,6 +202,15 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
         raise ConfigError(
             f"validation_fraction must be in (0, 0.5), got {config.validation_fraction}"
         )
+    if config.select not in SELECT_RULES:
+        raise ConfigError(f"select must be one of {', '.join(SELECT_RULES)}, got {config.select!r}")
+    if config.workers < 0:
+        raise ConfigError(f"workers must be >= 0 (0: one per CPU core), got {config.workers}")
+    if len(config.seeds) < 2:
+        raise ConfigError(
+            f"seeds: at least 2 are needed for a paired interval (5 recommended), "
+            f"got {list(config.seeds)}"
+        )
     if len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"seeds must be distinct, got {list(config.seeds)}")
     for rate in config.noise_rates:
@@ -209,6 +246,9 @@ def default_config_dict() -> dict[str, Any]:
 
 __all__ = [
     "EXPERIMENTS",
+    "QUICK",
+    "RUNTIME_SETTINGS",
+    "SELECT_RULES",
     "ConfigError",
     "StudyConfig",
     "check_config",

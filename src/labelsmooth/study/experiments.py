@@ -2,8 +2,24 @@
 
 Every run trains through the library's own losses (:func:`labelsmooth.cross_entropy`,
 :func:`labelsmooth.binary_cross_entropy_with_logits`) and is measured with
-:mod:`labelsmooth.metrics`; nothing is re-implemented here. A run returns its metrics and,
-for the runs the figures need, arrays that are saved beside the results.
+:mod:`labelsmooth.metrics`; nothing is re-implemented here.
+
+The protocol every run follows (the report's methods box says the same):
+
+* **Splits.** The test set is fixed by the data set (its own test split, or a stratified 30%
+  held out with seed 0). Each seed holds out ``validation_fraction`` of the remaining training
+  data, stratified, as its validation split. Label noise corrupts the training *and* the
+  validation labels (a practitioner only has noisy labels); the test labels stay clean.
+* **Checkpoint.** Validation accuracy and NLL are measured after every epoch; the kept model is
+  the best validation epoch under ``select`` (``accuracy``: ties broken by the lower NLL;
+  ``nll``; or ``final``). The final epoch's test metrics are recorded beside it (``final_*``).
+* **Temperature scaling** of every classifier: T fitted on the validation NLL. A T at a bound
+  of the search, or one that does not lower the validation NLL, is flagged
+  ``temperature_ok = 0`` and not applied (T = 1): a decision made on validation data only.
+* **Divergence.** A run whose loss, weights or outputs become non-finite raises
+  :class:`~labelsmooth.study.train.TrainingDivergedError`; the runner records it as ``diverged``.
+
+A run never reads test labels to make a choice: they are only measured, after training.
 """
 
 from __future__ import annotations
@@ -11,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,25 +40,37 @@ from ..functional import binary_cross_entropy_with_logits, cross_entropy
 from .config import StudyConfig
 from .data import Split, digits_multilabel, synthetic
 from .models import MLP
-from .train import TrainConfig, predict_logits, train_classifier
+from .train import (
+    TrainConfig,
+    TrainingDivergedError,
+    TrainResult,
+    multilabel_score,
+    predict_logits,
+    train_classifier,
+)
 
 Arrays = dict[str, np.ndarray]
+Metrics = dict[str, float]
+
+TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
 
 @dataclass(frozen=True)
 class Run:
-    """One unit of work: a key that names it uniquely (and its inputs' fingerprint)."""
+    """One unit of work, named uniquely by ``key``; ``depends_on`` runs must finish first."""
 
     key: str
     experiment: str
     setting: str
     params: dict[str, Any]
     seed: int
-    execute: Callable[[RunContext], tuple[dict[str, float], Arrays | None]]
+    execute: Callable[[RunContext], tuple[Metrics, Arrays | None]]
+    depends_on: tuple[str, ...] = ()
+    cost: float = 1.0  # training examples x epochs, for the time estimate
 
     @property
     def label(self) -> str:
-        shown = " ".join(f"{k}={v}" for k, v in self.params.items())
+        shown = " ".join(f"{k}={v}" for k, v in self.params.items() if k != "data")
         return f"{self.experiment} [{self.setting}] {shown} seed={self.seed}"
 
 
@@ -53,6 +81,15 @@ class RunContext:
         self.load_arrays = load_arrays
 
 
+@dataclass
+class Plan:
+    """The runs of a study, plus what the data set could not support (said in the report)."""
+
+    runs: list[Run]
+    notes: list[str] = field(default_factory=list)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 # ----------------------------------------------------------------------------------------------
 # Measurements
 # ----------------------------------------------------------------------------------------------
@@ -60,12 +97,12 @@ class RunContext:
 
 def classification_metrics(
     logits: Tensor, labels: Tensor, n_bins: int, eps: float | None = None, style: str = "uniform"
-) -> dict[str, float]:
-    """Accuracy, NLL, ECE (equal-width and equal-mass bins), Brier, AURC, confidence, logit gap."""
+) -> Metrics:
+    """Accuracy, NLL, ECE (equal-width and equal-mass bins), Brier, AURC, excess AURC,
+    confidence and the mean logit gap (with its theoretical optimum for eps > 0)."""
     logits = logits.double()
     probs = logits.softmax(-1).numpy()
     target = labels.numpy()
-    gaps = metrics.logit_gap(logits.numpy())
     result = {
         "accuracy": float((logits.argmax(-1) == labels).double().mean()),
         "nll": float(cross_entropy(logits, labels, 0.0)),
@@ -73,49 +110,59 @@ def classification_metrics(
         "ece_quantile": metrics.expected_calibration_error(probs, target, n_bins, "quantile"),
         "brier": metrics.brier_score(probs, target),
         "aurc": metrics.aurc(probs, target),
+        "excess_aurc": metrics.excess_aurc(probs, target),
         "confidence": float(probs.max(-1).mean()),
-        "logit_gap": float(np.mean(gaps)),
+        "logit_gap": float(np.mean(metrics.logit_gap(logits.numpy()))),
     }
     if eps is not None and eps > 0:
         result["theoretical_gap"] = metrics.theoretical_gap(eps, logits.shape[-1], style)
     return result
 
 
-def _train(
-    data: Split,
-    config: StudyConfig,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
-    seed: int,
-    *,
-    width: int | None = None,
-    depth: int | None = None,
-    epochs: int | None = None,
-    x_train: Tensor | None = None,
-    y_train: Tensor | None = None,
-) -> MLP:
-    device = torch.device(config.device)
-    torch.manual_seed(seed)
-    model = MLP(
-        data.num_features,
-        data.num_classes,
-        width=width or config.width,
-        depth=depth or config.depth,
-    ).to(device)
-    train_config = TrainConfig(
-        epochs=epochs or config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed
-    )
-    x = (data.x_train if x_train is None else x_train).to(device)
-    y = (data.y_train if y_train is None else y_train).to(device)
-    return train_classifier(model, loss_fn, x, y, train_config)
+def temperature_scaling(val_logits: Tensor, y_val: Tensor) -> tuple[float, bool, float, float]:
+    """(T fitted on validation NLL, whether it is usable, val NLL before, val NLL after).
+
+    Usable means strictly inside the search bounds and lowering the validation NLL.
+    """
+    temperature = metrics.fit_temperature(val_logits, y_val, bounds=TEMPERATURE_BOUNDS)
+    logits = val_logits.double()
+    before = float(cross_entropy(logits, y_val, 0.0))
+    after = float(cross_entropy(logits / temperature, y_val, 0.0))
+    low, high = TEMPERATURE_BOUNDS
+    inside = low * (1 + 1e-6) < temperature < high * (1 - 1e-6)
+    return temperature, bool(inside and after < before), before, after
 
 
-def _logits(model: MLP, x: Tensor, device: str) -> Tensor:
-    return predict_logits(model, x.to(device)).cpu()
+@dataclass(frozen=True)
+class SeedData:
+    """One seed's view of a split: training part, validation part, fixed test part."""
+
+    train: Split
+    x_val: Tensor
+    y_val: Tensor
+
+    @property
+    def x_test(self) -> Tensor:
+        return self.train.x_test
+
+    @property
+    def y_test(self) -> Tensor:
+        return self.train.y_test
 
 
-@torch.no_grad()
-def _features(model: MLP, x: Tensor, device: str) -> Tensor:
-    return model.features(x.to(device)).cpu()
+def seed_data(data: Split, config: StudyConfig, seed: int) -> SeedData:
+    train, x_val, y_val = data.split_validation(config.validation_fraction, seed)
+    return SeedData(train, x_val, y_val)
+
+
+def split_sizes(data: Split, config: StudyConfig) -> dict[str, int]:
+    """n_train / n_val / n_test of the first seed (stratified: the same for every seed)."""
+    first = seed_data(data, config, config.seeds[0])
+    return {
+        "n_train": len(first.train.x_train),
+        "n_val": len(first.x_val),
+        "n_test": len(first.x_test),
+    }
 
 
 def symmetric_noise(labels: Tensor, rate: float, num_classes: int, seed: int) -> Tensor:
@@ -124,6 +171,98 @@ def symmetric_noise(labels: Tensor, rate: float, num_classes: int, seed: int) ->
     flip = torch.rand(labels.shape, generator=generator) < rate
     shift = torch.randint(1, num_classes, labels.shape, generator=generator)
     return torch.where(flip, (labels + shift) % num_classes, labels)
+
+
+def _fit(
+    part: SeedData,
+    config: StudyConfig,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    seed: int,
+    *,
+    width: int | None = None,
+    depth: int | None = None,
+    epochs: int | None = None,
+    y_train: Tensor | None = None,
+    y_val: Tensor | None = None,
+    multilabel: bool = False,
+) -> TrainResult:
+    device = torch.device(config.device)
+    torch.manual_seed(seed)
+    split = part.train
+    model = MLP(
+        split.num_features,
+        split.num_classes,
+        width=width or config.width,
+        depth=depth or config.depth,
+    ).to(device)
+    train_config = TrainConfig(
+        epochs=epochs or config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed
+    )
+    x = split.x_train.to(device)
+    y = (split.y_train if y_train is None else y_train).to(device)
+    validation = (part.x_val.to(device), (part.y_val if y_val is None else y_val).to(device))
+    kwargs: dict[str, Any] = {"score_fn": multilabel_score} if multilabel else {}
+    return train_classifier(
+        model, loss_fn, x, y, train_config, validation=validation, select=config.select, **kwargs
+    )
+
+
+def _logits(model: torch.nn.Module, x: Tensor, device: str) -> Tensor:
+    logits = predict_logits(model, x.to(device)).cpu()
+    if not bool(torch.isfinite(logits).all()):
+        raise TrainingDivergedError("non-finite logits on the test set")
+    return logits
+
+
+@torch.no_grad()
+def _features(model: MLP, x: Tensor, device: str) -> Tensor:
+    return model.features(x.to(device)).cpu()
+
+
+def measure_classifier(
+    result: TrainResult,
+    part: SeedData,
+    config: StudyConfig,
+    *,
+    y_val: Tensor | None = None,
+    eps: float | None = None,
+    style: str = "uniform",
+) -> tuple[Metrics, Tensor, float]:
+    """Every metric of a trained classifier: (metrics, test logits, applied temperature).
+
+    Test metrics of the kept model, its validation accuracy/NLL and best epoch, the final
+    epoch's test accuracy/NLL/ECE (``final_*``), and the test metrics after temperature
+    scaling (``ts_*``) with T fitted on the validation labels ``y_val`` (noisy where the
+    training labels were).
+    """
+    model = result.model
+    y_val = part.y_val if y_val is None else y_val
+    test_logits = _logits(model, part.x_test, config.device)
+    val_logits = _logits(model, part.x_val, config.device)
+    out = classification_metrics(test_logits, part.y_test, config.n_bins, eps, style)
+    temperature, usable, val_nll, val_nll_ts = temperature_scaling(val_logits, y_val)
+    applied = temperature if usable else 1.0
+    scaled = classification_metrics(test_logits / applied, part.y_test, config.n_bins)
+    out.update({f"ts_{name}": value for name, value in scaled.items()})
+    out.update(
+        {
+            "val_accuracy": float((val_logits.argmax(-1) == y_val).double().mean()),
+            "val_nll": val_nll,
+            "val_nll_ts": val_nll_ts if usable else val_nll,
+            "temperature": temperature,
+            "temperature_applied": applied,
+            "temperature_ok": float(usable),
+            "best_epoch": float(result.best_epoch),
+        }
+    )
+    if result.best_epoch != result.epochs:
+        final = classification_metrics(
+            _logits(result.final_model(), part.x_test, config.device), part.y_test, config.n_bins
+        )
+    else:
+        final = out
+    out.update({f"final_{name}": final[name] for name in ("accuracy", "nll", "ece")})
+    return out, test_logits, applied
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,31 +278,34 @@ def _sweep_run(
     seed: int,
     epochs: int,
     keep_arrays: bool,
-) -> Callable[[RunContext], tuple[dict[str, float], Arrays | None]]:
-    def execute(_: RunContext) -> tuple[dict[str, float], Arrays | None]:
-        train, x_val, y_val = data.split_validation(config.validation_fraction, seed)
+    projection: bool,
+) -> Callable[[RunContext], tuple[Metrics, Arrays | None]]:
+    def execute(_: RunContext) -> tuple[Metrics, Arrays | None]:
+        part = seed_data(data, config, seed)
 
         def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
             return cross_entropy(logits, target, eps, style=style)
 
-        model = _train(train, config, loss_fn, seed, epochs=epochs)
-        test_logits = _logits(model, data.x_test, config.device)
-        result = classification_metrics(test_logits, data.y_test, config.n_bins, eps, style)
-        temperature = metrics.fit_temperature(_logits(model, x_val, config.device), y_val)
-        scaled = classification_metrics(test_logits / temperature, data.y_test, config.n_bins)
-        result["temperature"] = temperature
-        result.update({f"ts_{name}": value for name, value in scaled.items()})
+        trained = _fit(part, config, loss_fn, seed, epochs=epochs)
+        result, test_logits, applied = measure_classifier(
+            trained, part, config, eps=eps, style=style
+        )
         arrays = None
         if keep_arrays:
-            classifier = model.classifier
             arrays = {
                 "logits": test_logits.numpy(),
-                "labels": data.y_test.numpy(),
-                "features": _features(model, data.x_test, config.device).numpy(),
-                "weight": classifier.weight.detach().cpu().numpy(),
-                "bias": classifier.bias.detach().cpu().numpy(),
-                "temperature": np.array(temperature),
+                "labels": part.y_test.numpy(),
+                "temperature": np.array(applied),
             }
+            if projection:
+                classifier = trained.model.classifier
+                arrays.update(
+                    {
+                        "features": _features(trained.model, part.x_test, config.device).numpy(),
+                        "weight": classifier.weight.detach().cpu().numpy(),
+                        "bias": classifier.bias.detach().cpu().numpy(),
+                    }
+                )
         return result, arrays
 
     return execute
@@ -175,179 +317,189 @@ def overconfident_setting(data: Split, config: StudyConfig) -> tuple[Split, int,
     if choice == "auto":
         choice = "synthetic" if config.dataset in ("digits", "synthetic") else "subset"
     if choice == "synthetic" and config.dataset != "synthetic":
-        return synthetic(seed=0), config.epochs, "the synthetic task (overlapping classes)"
+        return (
+            synthetic(seed=0),
+            config.epochs,
+            "the synthetic task (generated data, overlapping classes)",
+        )
     subset = data.subset_train(config.overconfident_train_size, seed=0)
     return (
         subset,
         config.overconfident_epochs,
-        f"{len(subset.x_train)} training examples trained {config.overconfident_epochs} epochs",
+        f"{data.name}: {len(subset.x_train)} training examples (before the validation split) "
+        f"trained up to {config.overconfident_epochs} epochs",
     )
 
 
-def sweep_runs(data: Split, config: StudyConfig) -> list[Run]:
+def sweep_combos(config: StudyConfig) -> list[tuple[float, str]]:
+    """(eps, style) of every sweep arm; the baseline (eps 0) first."""
+    return [(0.0, "uniform")] + [
+        (eps, style) for eps in config.eps if eps != 0 for style in config.styles
+    ]
+
+
+def sweep_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
     second, second_epochs, second_description = overconfident_setting(data, config)
     settings = [
-        ("main", data, config.epochs, f"{data.name}, all training examples"),
+        ("main", data, config.epochs, f"{data.name}, every training example"),
         ("overconfident", second, second_epochs, second_description),
     ]
-    runs = []
-    for setting, split, epochs, description in settings:
-        fingerprint = (
-            config.fingerprint(
-                "dataset",
-                "width",
-                "depth",
-                "batch_size",
-                "lr",
-                "validation_fraction",
-                "n_bins",
-                "max_train",
-                "overconfident_train_size",
-            )
-            + f"-e{epochs}-"
-            + split.name.replace("|", "/")
+    projection = data.num_classes >= 3 and max(config.projection_classes) < data.num_classes
+    if not projection:
+        plan.notes.append(
+            f"The penultimate-layer projection needs three classes; the data set has "
+            f"{data.num_classes}, so that figure is skipped."
         )
-        combos = [(0.0, "uniform")] + [
-            (eps, style) for eps in config.eps if eps != 0 for style in config.styles
-        ]
-        for eps, style in combos:
+    for setting, split, epochs, description in settings:
+        plan.settings[setting] = {
+            "description": description,
+            "epochs": epochs,
+            "num_classes": split.num_classes,
+            **split_sizes(split, config),
+        }
+        for eps, style in sweep_combos(config):
+            shown_style = style if eps != 0 else "none"
             for seed in config.seeds:
-                shown_style = style if eps != 0 else "none"
-                runs.append(
+                keep = seed == config.seeds[0]
+                plan.runs.append(
                     Run(
-                        key=f"sweep|{setting}|{shown_style}|{eps:g}|{seed}|{fingerprint}",
+                        key=f"sweep|{setting}|{shown_style}|{eps:g}|{seed}",
                         experiment="sweep",
                         setting=setting,
-                        params={"style": shown_style, "eps": eps, "data": description},
+                        params={"style": shown_style, "eps": eps},
                         seed=seed,
                         execute=_sweep_run(
-                            split,
-                            config,
-                            eps,
-                            style,
-                            seed,
-                            epochs,
-                            keep_arrays=seed == config.seeds[0],
+                            split, config, eps, style, seed, epochs, keep, projection
                         ),
+                        cost=len(split.x_train) * epochs,
                     )
                 )
-    return runs
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Noisy labels, positive and negative eps
+# 2. Noisy labels, positive and negative eps
 # ----------------------------------------------------------------------------------------------
 
 
-def noise_runs(data: Split, config: StudyConfig) -> list[Run]:
-    fingerprint = config.fingerprint(
-        "dataset", "epochs", "width", "depth", "batch_size", "lr", "max_train"
-    )
-    runs = []
+def noise_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
+    limit = (data.num_classes - 1) / data.num_classes
+    skipped = [rate for rate in config.noise_rates if rate >= limit]
+    if skipped:
+        plan.notes.append(
+            f"Noise rates {', '.join(f'{r:g}' for r in skipped)} skipped: with "
+            f"{data.num_classes} classes, symmetric noise at a rate >= {limit:.2g} makes a "
+            f"wrong label at least as likely as the right one."
+        )
     for rate in config.noise_rates:
+        if rate in skipped:
+            continue
         for eps in config.noise_eps:
             for seed in config.seeds:
 
                 def execute(
                     _: RunContext, rate: float = rate, eps: float = eps, seed: int = seed
-                ) -> tuple[dict[str, float], None]:
-                    noisy = symmetric_noise(data.y_train, rate, data.num_classes, seed=1000 + seed)
+                ) -> tuple[Metrics, None]:
+                    part = seed_data(data, config, seed)
+                    k = data.num_classes
+                    noisy_train = symmetric_noise(part.train.y_train, rate, k, seed=1000 + seed)
+                    noisy_val = symmetric_noise(part.y_val, rate, k, seed=2000 + seed)
 
                     def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
                         return cross_entropy(logits, target, eps)
 
-                    model = _train(data, config, loss_fn, seed, y_train=noisy)
-                    logits = _logits(model, data.x_test, config.device)
-                    result = classification_metrics(logits, data.y_test, config.n_bins)
-                    result["flipped"] = float((noisy != data.y_train).double().mean())
+                    trained = _fit(
+                        part, config, loss_fn, seed, y_train=noisy_train, y_val=noisy_val
+                    )
+                    result, _, _ = measure_classifier(trained, part, config, y_val=noisy_val)
+                    result["flipped"] = float((noisy_train != part.train.y_train).double().mean())
                     return result, None
 
-                runs.append(
+                plan.runs.append(
                     Run(
-                        key=f"noise|{rate:g}|{eps:g}|{seed}|{fingerprint}",
+                        key=f"noise|{rate:g}|{eps:g}|{seed}",
                         experiment="noise",
                         setting="main",
                         params={"noise": rate, "eps": eps},
                         seed=seed,
                         execute=execute,
+                        cost=len(data.x_train) * config.epochs,
                     )
                 )
-    return runs
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. Distillation: teachers with and without smoothing, students at several temperatures
+# 3. Distillation: teachers with and without smoothing, students at several temperatures
 # ----------------------------------------------------------------------------------------------
 
 
-def _mutual_information(model: MLP, data: Split, config: StudyConfig, seed: int) -> float:
+def _mutual_information(model: MLP, part: SeedData, config: StudyConfig, seed: int) -> float:
     """Mueller et al. (2019) section 4: information about the example in the logit difference
-    of two classes, under input noise."""
-    first, second = config.projection_classes[:2]
-    mask = (data.y_test == first) | (data.y_test == second)
-    inputs = data.x_test[mask][:64].to(config.device)
+    of two classes under input noise, measured on validation examples of classes 0 and 1."""
+    first, second = 0, 1
+    mask = (part.y_val == first) | (part.y_val == second)
+    inputs = part.x_val[mask][:64].to(config.device)
     estimate = mutual_information_under_noise(
         model, inputs, (first, second), noise_std=0.5, num_draws=64, generator=seed
     )
     return float(estimate.mutual_information)
 
 
-def distillation_runs(data: Split, config: StudyConfig) -> list[Run]:
-    fingerprint = config.fingerprint(
-        "dataset",
-        "epochs",
-        "width",
-        "depth",
-        "batch_size",
-        "lr",
-        "max_train",
-        "student_width",
-        "projection_classes",
-    )
-    runs: list[Run] = []
+def distillation_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
     teachers = [0.0, config.teacher_eps]
+    cost = len(data.x_train) * config.epochs
     for seed in config.seeds:
         for teacher_eps in teachers:
-            key = f"distill-teacher|{teacher_eps:g}|{seed}|{fingerprint}"
 
             def teacher(
                 _: RunContext, teacher_eps: float = teacher_eps, seed: int = seed
-            ) -> tuple[dict[str, float], Arrays]:
+            ) -> tuple[Metrics, Arrays]:
+                part = seed_data(data, config, seed)
+
                 def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
                     return cross_entropy(logits, target, teacher_eps)
 
-                model = _train(data, config, loss_fn, seed)
-                test_logits = _logits(model, data.x_test, config.device)
-                result = classification_metrics(test_logits, data.y_test, config.n_bins)
-                result["mutual_information"] = _mutual_information(model, data, config, seed)
-                train_logits = _logits(model, data.x_train, config.device)
+                trained = _fit(part, config, loss_fn, seed)
+                result, _, _ = measure_classifier(trained, part, config)
+                result["mutual_information"] = _mutual_information(
+                    trained.model, part, config, seed
+                )
+                train_logits = _logits(trained.model, part.train.x_train, config.device)
                 return result, {"train_logits": train_logits.numpy()}
 
-            runs.append(
-                Run(key, "distillation", "teacher", {"teacher_eps": teacher_eps}, seed, teacher)
+            plan.runs.append(
+                Run(
+                    f"distill-teacher|{teacher_eps:g}|{seed}",
+                    "distillation",
+                    "teacher",
+                    {"teacher_eps": teacher_eps},
+                    seed,
+                    teacher,
+                    cost=cost,
+                )
             )
 
-        # Baseline student on the hard labels.
-        def hard_student(_: RunContext, seed: int = seed) -> tuple[dict[str, float], None]:
+        def hard_student(_: RunContext, seed: int = seed) -> tuple[Metrics, None]:
+            part = seed_data(data, config, seed)
+
             def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
                 return cross_entropy(logits, target, 0.0)
 
-            model = _train(data, config, loss_fn, seed, width=config.student_width, depth=1)
-            logits = _logits(model, data.x_test, config.device)
-            return classification_metrics(logits, data.y_test, config.n_bins), None
+            trained = _fit(part, config, loss_fn, seed, width=config.student_width, depth=1)
+            return measure_classifier(trained, part, config)[0], None
 
-        runs.append(
+        plan.runs.append(
             Run(
-                f"distill-student|hard|0|{seed}|{fingerprint}",
+                f"distill-student|hard|0|{seed}",
                 "distillation",
                 "student",
                 {"teacher_eps": "labels", "temperature": 0},
                 seed,
                 hard_student,
+                cost=cost / 4,
             )
         )
         for teacher_eps in teachers:
-            teacher_key = f"distill-teacher|{teacher_eps:g}|{seed}|{fingerprint}"
+            teacher_key = f"distill-teacher|{teacher_eps:g}|{seed}"
             for temperature in config.temperatures:
 
                 def student(
@@ -355,19 +507,20 @@ def distillation_runs(data: Split, config: StudyConfig) -> list[Run]:
                     teacher_key: str = teacher_key,
                     temperature: float = temperature,
                     seed: int = seed,
-                ) -> tuple[dict[str, float], None]:
+                ) -> tuple[Metrics, None]:
+                    part = seed_data(data, config, seed)
                     teacher_logits = torch.from_numpy(
                         context.load_arrays(teacher_key)["train_logits"]
                     )
                     soft = (teacher_logits / temperature).softmax(-1)
                     index = torch.arange(len(soft))
 
-                    # the loader hands (x, y) batches; y indexes the soft targets of the batch
+                    # the loader hands (x, row) batches; the row indexes the soft targets
                     def loss_fn(logits: Tensor, rows: Tensor) -> Tensor:
                         return temperature**2 * cross_entropy(logits / temperature, soft[rows], 0.0)
 
-                    model = _train(
-                        data,
+                    trained = _fit(
+                        part,
                         config,
                         loss_fn,
                         seed,
@@ -375,111 +528,141 @@ def distillation_runs(data: Split, config: StudyConfig) -> list[Run]:
                         depth=1,
                         y_train=index,
                     )
-                    logits = _logits(model, data.x_test, config.device)
-                    return classification_metrics(logits, data.y_test, config.n_bins), None
+                    return measure_classifier(trained, part, config)[0], None
 
-                runs.append(
+                plan.runs.append(
                     Run(
-                        f"distill-student|{teacher_eps:g}|{temperature:g}|{seed}|{fingerprint}",
+                        f"distill-student|{teacher_eps:g}|{temperature:g}|{seed}",
                         "distillation",
                         "student",
                         {"teacher_eps": teacher_eps, "temperature": temperature},
                         seed,
                         student,
+                        depends_on=(teacher_key,),
+                        cost=cost / 4,
                     )
                 )
-    return runs
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. Binary / multi-label smoothing
+# 4. Binary / multi-label smoothing
 # ----------------------------------------------------------------------------------------------
 
 
-def attribute_task(data: Split, seed: int = 0) -> Split:
-    """The multi-label task: the user's multi-label data, digit attributes for digits, else
-    five random attributes of the class (each true for about half of the classes)."""
+def attribute_task(data: Split, seed: int = 0) -> tuple[Split | None, str]:
+    """The multi-label task and how to describe it honestly, or (None, why it is skipped).
+
+    The user's multi-label data as it is; for digits, attributes of the digit (even, >= 5,
+    prime, closed loop, straight strokes), which are derived from the class label; for the
+    synthetic task, five random attributes per class (synthetic). Other class-labelled data
+    has no attributes, so the experiment is skipped rather than presented on invented labels.
+    """
     if data.multilabel:
-        return data
+        return data, f"{data.name}: the data set's own labels"
     if data.name.startswith("digits") and data.num_classes == 10:
-        return digits_multilabel(data)
-    generator = np.random.default_rng(seed + 77)
-    table = torch.from_numpy((generator.random((data.num_classes, 5)) < 0.5).astype(np.float32))
-    from dataclasses import replace
-
-    return replace(
-        data,
-        name=f"{data.name} attributes",
-        y_train=table[data.y_train],
-        y_test=table[data.y_test],
-        num_classes=5,
-        multilabel=True,
-        class_names=tuple(f"attribute {i}" for i in range(5)),
+        return (
+            digits_multilabel(data),
+            "digits attributes (even, >= 5, prime, closed loop, straight strokes): real images, "
+            "attributes derived from each digit's class",
+        )
+    if data.name.startswith("synthetic"):
+        generator = np.random.default_rng(seed + 77)
+        table = torch.from_numpy((generator.random((data.num_classes, 5)) < 0.5).astype(np.float32))
+        task = replace(
+            data,
+            name=f"{data.name} attributes",
+            y_train=table[data.y_train],
+            y_test=table[data.y_test],
+            num_classes=5,
+            multilabel=True,
+            class_names=tuple(f"attribute {i}" for i in range(5)),
+        )
+        return task, "synthetic attributes: five random attributes of each generated class"
+    return None, (
+        f"The binary / multi-label experiment is skipped: {data.name} has class labels, not "
+        "multi-label targets (give an .npz with (N, L) 0/1 labels to study them)."
     )
 
 
-def multilabel_runs(data: Split, config: StudyConfig) -> list[Run]:
-    task = attribute_task(data)
-    fingerprint = config.fingerprint(
-        "dataset", "epochs", "width", "depth", "batch_size", "lr", "max_train", "n_bins"
-    )
+def multilabel_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
+    task, description = attribute_task(data)
+    if task is None:
+        plan.notes.append(description)
+        return
+    plan.settings["multilabel"] = {"description": description, **split_sizes(task, config)}
     combos = [(0.0, "uniform")] + [
         (eps, style) for eps in config.multilabel_eps if eps != 0 for style in config.styles
     ]
-    runs = []
     for eps, style in combos:
         for seed in config.seeds:
 
             def execute(
                 _: RunContext, eps: float = eps, style: str = style, seed: int = seed
-            ) -> tuple[dict[str, float], Arrays | None]:
+            ) -> tuple[Metrics, Arrays | None]:
+                part = seed_data(task, config, seed)
+
                 def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
                     return binary_cross_entropy_with_logits(logits, target, eps, style=style)
 
-                model = _train(task, config, loss_fn, seed)
-                probs = _logits(model, task.x_test, config.device).sigmoid().double().numpy()
-                labels = task.y_test.numpy()
+                trained = _fit(part, config, loss_fn, seed, multilabel=True)
+                test_logits = _logits(trained.model, part.x_test, config.device).double()
+                probs = test_logits.sigmoid().numpy()
+                labels = part.y_test.numpy()
+                val_logits = _logits(trained.model, part.x_val, config.device)
+                val_accuracy, val_nll = multilabel_score(val_logits, part.y_val)
                 result = {
                     "macro_auroc": metrics.multilabel_auroc(probs, labels),
                     "label_ece": metrics.multilabel_calibration_error(probs, labels, config.n_bins),
+                    "nll": float(
+                        torch.nn.functional.binary_cross_entropy_with_logits(
+                            test_logits, part.y_test.double()
+                        )
+                    ),
                     "mean_prob_positive": float(probs[labels == 1].mean()),
                     "mean_prob_negative": float(probs[labels == 0].mean()),
                     "accuracy": float(((probs > 0.5) == (labels == 1)).mean()),
+                    "val_accuracy": val_accuracy,
+                    "val_nll": val_nll,
+                    "best_epoch": float(trained.best_epoch),
                 }
                 arrays = {"probs": probs, "labels": labels} if seed == config.seeds[0] else None
                 return result, arrays
 
             shown_style = style if eps != 0 else "none"
-            runs.append(
+            plan.runs.append(
                 Run(
-                    f"multilabel|{shown_style}|{eps:g}|{seed}|{fingerprint}",
+                    f"multilabel|{shown_style}|{eps:g}|{seed}",
                     "multilabel",
-                    task.name,
+                    "main",
                     {"style": shown_style, "eps": eps},
                     seed,
                     execute,
+                    cost=len(task.x_train) * config.epochs,
                 )
             )
-    return runs
 
 
-def plan(data: Split, config: StudyConfig) -> list[Run]:
+BUILDERS = {
+    "sweep": sweep_runs,
+    "noise": noise_runs,
+    "distillation": distillation_runs,
+    "multilabel": multilabel_runs,
+}
+
+
+def plan(data: Split, config: StudyConfig) -> Plan:
     """Every run of the study, in the order they execute (teachers before their students)."""
-    builders = {
-        "sweep": sweep_runs,
-        "noise": noise_runs,
-        "distillation": distillation_runs,
-        "multilabel": multilabel_runs,
-    }
-    runs: list[Run] = []
+    result = Plan(runs=[])
     for name in config.experiments:
         if data.multilabel and name != "multilabel":
-            continue  # multi-class experiments need class labels
-        runs += builders[name](data, config)
-    return runs
+            result.notes.append(f"The {name} experiment needs class labels; skipped.")
+            continue
+        BUILDERS[name](data, config, result)
+    return result
 
 
-def timed(run: Run, context: RunContext) -> tuple[dict[str, float], Arrays | None, float]:
+def timed(run: Run, context: RunContext) -> tuple[Metrics, Arrays | None, float]:
+    """Executes ``run``; non-finite metric values become nan. Raises TrainingDivergedError."""
     start = time.perf_counter()
     result, arrays = run.execute(context)
     for name, value in result.items():

@@ -1,0 +1,831 @@
+"""From finished runs to evidence: validation-only choices, paired comparisons, the verdict.
+
+This module reads the records of ``results.jsonl`` (plain dicts) and never trains or plots.
+Its rules:
+
+* Every choice (the smoothing arm, the distillation temperature, the eps under noise) is made
+  on **validation** metrics averaged over seeds. A value chosen on test appears only as
+  ``oracle`` and is never used for a recommendation.
+* Every comparison is paired by seed against the baseline of the same seed
+  (:func:`~labelsmooth.study.stats.paired_comparison`), and its words come from its 95%
+  interval (:func:`~labelsmooth.study.stats.describe`).
+* The recommendation is derived only from significant comparisons of the main sweep.
+
+The result, :class:`Findings`, is what ``findings.json`` holds and what the report renders.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .stats import Comparison, describe, format_interval, paired_comparison
+
+# name -> (label, higher is better, decimals)
+METRICS: dict[str, tuple[str, bool, int]] = {
+    "nll": ("NLL", False, 3),
+    "brier": ("Brier", False, 4),
+    "ece": ("ECE (equal-width)", False, 3),
+    "ece_quantile": ("ECE (equal-mass)", False, 3),
+    "accuracy": ("accuracy", True, 3),
+    "aurc": ("AURC", False, 4),
+    "excess_aurc": ("excess AURC", False, 4),
+    "macro_auroc": ("macro AUROC", True, 4),
+    "label_ece": ("per-label ECE", False, 3),
+    "mutual_information": ("mutual information (nats)", True, 3),
+}
+VERDICT_METRICS = ("nll", "brier", "ece", "ece_quantile", "accuracy", "aurc", "excess_aurc")
+MULTILABEL_METRICS = ("macro_auroc", "label_ece", "nll", "accuracy")
+
+
+def metric_label(metric: str) -> str:
+    return METRICS[metric.removeprefix("ts_").removeprefix("final_")][0]
+
+
+def higher_is_better(metric: str) -> bool:
+    return METRICS[metric.removeprefix("ts_").removeprefix("final_")][1]
+
+
+def digits(metric: str) -> int:
+    return METRICS[metric.removeprefix("ts_").removeprefix("final_")][2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups of runs over seeds
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """The runs of one configuration (experiment, setting, params), by seed."""
+
+    experiment: str
+    setting: str
+    params: dict[str, Any]
+    metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # seed -> metrics
+    keys: dict[int, str] = field(default_factory=dict)
+    diverged: list[int] = field(default_factory=list)
+
+    def values(self, metric: str, seeds: Sequence[int]) -> list[float | None]:
+        """``metric`` of each seed in ``seeds`` order (None where missing or diverged)."""
+        out: list[float | None] = []
+        for seed in seeds:
+            value = self.metrics.get(seed, {}).get(metric)
+            out.append(None if value is None or not math.isfinite(value) else float(value))
+        return out
+
+    def mean(self, metric: str) -> float:
+        values = [v for v in (m.get(metric) for m in self.metrics.values()) if v is not None]
+        values = [v for v in values if math.isfinite(v)]
+        return statistics.fmean(values) if values else math.nan
+
+    def sd(self, metric: str) -> float:
+        values = [v for v in (m.get(metric) for m in self.metrics.values()) if v is not None]
+        values = [v for v in values if math.isfinite(v)]
+        return statistics.stdev(values) if len(values) > 1 else math.nan
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.metrics)
+
+    def first_key(self) -> str | None:
+        """The key of the lowest seed's run (the one whose arrays the figures use)."""
+        return self.keys[min(self.keys)] if self.keys else None
+
+
+def group_results(records: Sequence[dict[str, Any]]) -> list[Group]:
+    """Groups runs by configuration, in the order they first appear."""
+    groups: dict[tuple, Group] = {}
+    for record in records:
+        params = record["params"]
+        ident = (record["experiment"], record["setting"], tuple(sorted(params.items(), key=str)))
+        group = groups.setdefault(
+            ident, Group(record["experiment"], record["setting"], dict(params))
+        )
+        if record.get("status", "ok") != "ok" or record.get("metrics") is None:
+            group.diverged.append(record["seed"])
+            continue
+        group.metrics[record["seed"]] = {
+            name: (math.nan if value is None else float(value))
+            for name, value in record["metrics"].items()
+        }
+        group.keys[record["seed"]] = record["key"]
+    return list(groups.values())
+
+
+def select(groups: Sequence[Group], experiment: str, setting: str | None = None) -> list[Group]:
+    return [
+        g
+        for g in groups
+        if g.experiment == experiment and (setting is None or g.setting == setting)
+    ]
+
+
+def arm_name(params: dict[str, Any]) -> str:
+    eps = params.get("eps", 0)
+    if eps == 0:
+        return "eps=0"
+    return f"eps={eps:g} {params.get('style', 'uniform')}"
+
+
+def arm_label(params: dict[str, Any]) -> str:
+    eps = params.get("eps", 0)
+    return "baseline (eps=0)" if eps == 0 else f"eps={eps:g} ({params.get('style', 'uniform')})"
+
+
+def choose(groups: Sequence[Group], metric: str, *, higher: bool = False) -> Group | None:
+    """The group with the best mean ``metric`` (a validation metric), preferring groups whose
+    every seed finished; ties keep the first (the smallest eps, in plan order)."""
+    complete = [g for g in groups if not g.diverged and not math.isnan(g.mean(metric))]
+    pool = complete or [g for g in groups if not math.isnan(g.mean(metric))]
+    if not pool:
+        return None
+    sign = -1.0 if higher else 1.0
+    return min(pool, key=lambda g: sign * g.mean(metric))
+
+
+# ----------------------------------------------------------------------------------------------
+# Findings
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of a comparison table: an arm's mean and its paired comparisons."""
+
+    label: str
+    values: dict[str, float]  # metric -> mean
+    comparisons: dict[str, Comparison | None]  # metric -> against the table's baseline
+    note: str = ""
+
+
+@dataclass
+class Findings:
+    seeds: list[int]
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    recommendation: dict[str, Any] = field(default_factory=dict)
+
+    def compare(
+        self,
+        experiment: str,
+        setting: str,
+        arm: Group,
+        baseline: Group,
+        metric: str,
+        *,
+        arm_metric: str | None = None,
+        baseline_metric: str | None = None,
+        arm_label: str | None = None,
+        baseline_label: str | None = None,
+        chosen: bool = False,
+    ) -> Comparison:
+        """Pairs ``arm`` with ``baseline`` by seed on a metric and records the comparison."""
+        arm_metric = arm_metric or metric
+        baseline_metric = baseline_metric or metric
+        comparison = paired_comparison(
+            arm.values(arm_metric, self.seeds), baseline.values(baseline_metric, self.seeds)
+        )
+        self.comparisons.append(
+            {
+                "experiment": experiment,
+                "setting": setting,
+                "arm": arm_label or arm_name(arm.params),
+                "baseline": baseline_label or arm_name(baseline.params),
+                "metric": metric,
+                "higher_is_better": higher_is_better(metric),
+                **comparison.as_dict(),
+                "selected_on": "validation",
+                "chosen_on_validation": chosen,
+            }
+        )
+        return comparison
+
+
+def _words(comparison: Comparison | None, metric: str) -> str:
+    if comparison is None:
+        return "no comparison"
+    return describe(
+        comparison,
+        metric_label(metric),
+        higher_is_better=higher_is_better(metric),
+        digits=digits(metric),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep and the verdict
+# ----------------------------------------------------------------------------------------------
+
+
+def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> None:
+    sweep = select(groups, "sweep", setting)
+    baseline = next((g for g in sweep if g.params.get("eps") == 0), None)
+    if baseline is None:
+        return
+    arms = [g for g in sweep if g.params.get("eps") != 0]
+    best = choose(arms, "val_nll")
+    best_ts = choose(arms, "val_nll_ts")
+    oracle = choose(sweep, "nll")  # on test: shown for reference only
+
+    rows: list[Row] = []
+    ts_rows: list[Row] = []
+    for group in [baseline, *arms]:
+        rows.append(
+            Row(
+                arm_label(group.params),
+                {
+                    m: group.mean(m)
+                    for m in (
+                        *VERDICT_METRICS,
+                        "confidence",
+                        "logit_gap",
+                        "theoretical_gap",
+                        "val_nll",
+                        "best_epoch",
+                    )
+                },
+                {
+                    m: None
+                    if group is baseline
+                    else findings.compare("sweep", setting, group, baseline, m)
+                    for m in VERDICT_METRICS
+                },
+            )
+        )
+        ts_rows.append(
+            Row(
+                arm_label(group.params) + " + TS",
+                {
+                    **{m: group.mean(f"ts_{m}") for m in VERDICT_METRICS},
+                    "temperature": group.mean("temperature"),
+                    "temperature_ok": group.mean("temperature_ok"),
+                },
+                {
+                    m: None
+                    if group is baseline
+                    else findings.compare(
+                        "sweep",
+                        setting,
+                        group,
+                        baseline,
+                        m,
+                        arm_metric=f"ts_{m}",
+                        baseline_metric=f"ts_{m}",
+                        arm_label=arm_name(group.params) + " + TS",
+                        baseline_label="eps=0 + TS",
+                    )
+                    for m in VERDICT_METRICS
+                },
+            )
+        )
+
+    verdict: list[Row] = [
+        Row(
+            "baseline (eps=0)",
+            {m: baseline.mean(m) for m in VERDICT_METRICS},
+            dict.fromkeys(VERDICT_METRICS),
+        ),
+    ]
+    verdict.append(
+        Row(
+            "baseline + temperature scaling",
+            {m: baseline.mean(f"ts_{m}") for m in VERDICT_METRICS},
+            {
+                m: findings.compare(
+                    "sweep",
+                    setting,
+                    baseline,
+                    baseline,
+                    m,
+                    arm_metric=f"ts_{m}",
+                    arm_label="eps=0 + TS",
+                    chosen=False,
+                )
+                for m in VERDICT_METRICS
+            },
+            note=_temperature_note(baseline),
+        )
+    )
+    if best is not None:
+        verdict.append(
+            Row(
+                f"best smoothing: {arm_label(best.params)}",
+                {m: best.mean(m) for m in VERDICT_METRICS},
+                {
+                    m: findings.compare(
+                        "sweep",
+                        setting,
+                        best,
+                        baseline,
+                        m,
+                        arm_label=f"best smoothing ({arm_name(best.params)})",
+                        chosen=True,
+                    )
+                    for m in VERDICT_METRICS
+                },
+                note="chosen on validation NLL",
+            )
+        )
+    if best_ts is not None:
+        verdict.append(
+            Row(
+                f"best smoothing + TS: {arm_label(best_ts.params)} + TS",
+                {m: best_ts.mean(f"ts_{m}") for m in VERDICT_METRICS},
+                {
+                    m: findings.compare(
+                        "sweep",
+                        setting,
+                        best_ts,
+                        baseline,
+                        m,
+                        arm_metric=f"ts_{m}",
+                        arm_label=f"best smoothing + TS ({arm_name(best_ts.params)} + TS)",
+                        chosen=True,
+                    )
+                    for m in VERDICT_METRICS
+                },
+                note="chosen on validation NLL after TS; " + _temperature_note(best_ts),
+            )
+        )
+    key_comparisons: dict[str, Comparison] = {}
+    if best_ts is not None:
+        for m in ("nll", "brier", "accuracy"):
+            key_comparisons[f"ls_ts_vs_ts_{m}"] = findings.compare(
+                "sweep",
+                setting,
+                best_ts,
+                baseline,
+                m,
+                arm_metric=f"ts_{m}",
+                baseline_metric=f"ts_{m}",
+                arm_label=f"best smoothing + TS ({arm_name(best_ts.params)} + TS)",
+                baseline_label="eps=0 + TS",
+                chosen=True,
+            )
+    findings.sections[f"sweep:{setting}"] = {
+        "baseline": baseline,
+        "best": best,
+        "best_ts": best_ts,
+        "oracle": oracle,
+        "rows": rows,
+        "ts_rows": ts_rows,
+        "verdict": verdict,
+        "key": key_comparisons,
+        "sentences": _sweep_sentences(baseline, best, best_ts, oracle, verdict, key_comparisons),
+    }
+
+
+def _temperature_note(group: Group) -> str:
+    flagged = [s for s, m in sorted(group.metrics.items()) if m.get("temperature_ok", 1) < 1]
+    if not flagged:
+        return f"mean T = {group.mean('temperature'):.2f}"
+    return (
+        f"T flagged (at a bound or not lowering validation NLL) in {len(flagged)} of "
+        f"{group.n_seeds} seeds, left unscaled there"
+    )
+
+
+def _sweep_sentences(
+    baseline: Group,
+    best: Group | None,
+    best_ts: Group | None,
+    oracle: Group | None,
+    verdict: list[Row],
+    key: dict[str, Comparison],
+) -> list[str]:
+    lines = []
+    conf, acc = baseline.mean("confidence"), baseline.mean("accuracy")
+    gaps = [
+        (m.get("confidence", math.nan) - m.get("accuracy", math.nan))
+        for _, m in sorted(baseline.metrics.items())
+    ]
+    gap = paired_comparison(gaps, [0.0] * len(gaps))
+    state = (
+        "over-confident"
+        if gap.significant and gap.mean_delta > 0
+        else "under-confident"
+        if gap.significant
+        else "neither detectably over- nor under-confident"
+    )
+    lines.append(
+        f"The baseline was {state}: mean confidence {conf:.3f} against accuracy {acc:.3f} "
+        f"(confidence minus accuracy {gap.mean_delta:+.3f}, {format_interval(gap)})."
+    )
+    ts_row = verdict[1]
+    lines.append(
+        f"Temperature scaling of the baseline ({ts_row.note}) "
+        f"{_words(ts_row.comparisons['nll'], 'nll')} and "
+        f"{_words(ts_row.comparisons['ece'], 'ece')}."
+    )
+    subjects = []
+    if best is not None:
+        subjects.append(f"the smoothing chosen on validation, {arm_label(best.params)},")
+    if best_ts is not None:
+        subjects.append(
+            f"the smoothing chosen on validation after temperature scaling, "
+            f"{arm_label(best_ts.params)} + TS,"
+        )
+    for subject, row in zip(subjects, verdict[2:], strict=True):
+        lines.append(
+            f"Against the baseline, {subject} {_words(row.comparisons['nll'], 'nll')}, "
+            f"{_words(row.comparisons['accuracy'], 'accuracy')} and "
+            f"{_words(row.comparisons['ece'], 'ece')} ({row.note})."
+        )
+    if best_ts is not None and "ls_ts_vs_ts_nll" in key:
+        lines.append(
+            f"Against the baseline with temperature scaling, smoothing on top of it "
+            f"({arm_label(best_ts.params)} + TS) {_words(key['ls_ts_vs_ts_nll'], 'nll')}."
+        )
+    if oracle is not None and best is not None and oracle is not best:
+        lines.append(
+            f"For reference only, an oracle choosing on the test set would have picked "
+            f"{arm_label(oracle.params)} (test NLL {oracle.mean('nll'):.3f}); the validation "
+            f"choice is reported because a test-set choice overstates the gain."
+        )
+    return lines
+
+
+def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
+    """The plain-words recommendation, from significant comparisons of the sweep only."""
+    section = findings.sections.get(f"sweep:{setting}")
+    if section is None:
+        return {
+            "smooth": None,
+            "eps": None,
+            "style": None,
+            "temperature_scaling": None,
+            "text": "No sweep was run, so there is no recommendation.",
+        }
+    verdict: list[Row] = section["verdict"]
+    best: Group | None = section["best"]
+    best_ts: Group | None = section["best_ts"]
+    key: dict[str, Comparison] = section["key"]
+    ts_vs_base = verdict[1].comparisons["nll"]
+    ls_row = verdict[2] if best is not None else None
+    ls_nll = ls_row.comparisons["nll"] if ls_row else None
+    ls_acc = ls_row.comparisons["accuracy"] if ls_row else None
+    ls_ts_vs_ts = key.get("ls_ts_vs_ts_nll")
+    ls_ts_acc = key.get("ls_ts_vs_ts_accuracy")
+
+    def improves(c: Comparison | None, metric: str) -> bool:
+        return c is not None and c.improves(higher_is_better(metric))
+
+    def worsens(c: Comparison | None, metric: str) -> bool:
+        return c is not None and c.worsens(higher_is_better(metric))
+
+    def arm(group: Group) -> str:
+        return f"eps {group.params['eps']:g} ({group.params['style']})"
+
+    result: dict[str, Any]
+    if best_ts is not None and improves(ls_ts_vs_ts, "nll"):
+        text = (
+            f"Smooth with {arm(best_ts)} and temperature-scale: against temperature scaling "
+            f"alone it {_words(ls_ts_vs_ts, 'nll')}"
+        )
+        if ls_ts_acc is not None:
+            text += f" and {_words(ls_ts_acc, 'accuracy')}"
+        result = {
+            "smooth": True,
+            "eps": best_ts.params["eps"],
+            "style": best_ts.params["style"],
+            "temperature_scaling": True,
+            "text": text + ".",
+        }
+    elif best is not None and improves(ls_acc, "accuracy") and not worsens(ls_ts_vs_ts, "nll"):
+        scale = improves(ts_vs_base, "nll")
+        text = f"Smooth with {arm(best)} for accuracy: it {_words(ls_acc, 'accuracy')}"
+        text += (
+            "; temperature-scale as well (it lowered the baseline's NLL)"
+            if scale
+            else "; temperature scaling made no detectable difference to NLL"
+        )
+        result = {
+            "smooth": True,
+            "eps": best.params["eps"],
+            "style": best.params["style"],
+            "temperature_scaling": scale,
+            "text": text + ".",
+        }
+    elif improves(ts_vs_base, "nll"):
+        text = (
+            f"Don't smooth; temperature-scale: temperature scaling alone "
+            f"{_words(ts_vs_base, 'nll')}"
+        )
+        if best_ts is not None and ls_ts_vs_ts is not None:
+            text += (
+                f", and smoothing on top of it ({arm(best_ts)}, the validation choice) "
+                + _words(ls_ts_vs_ts, "nll")
+            )
+        result = {
+            "smooth": False,
+            "eps": 0.0,
+            "style": None,
+            "temperature_scaling": True,
+            "text": text + ".",
+        }
+    elif best is not None and improves(ls_nll, "nll"):
+        text = (
+            f"Smooth with {arm(best)}: it {_words(ls_nll, 'nll')}; temperature scaling "
+            f"made no detectable difference"
+        )
+        result = {
+            "smooth": True,
+            "eps": best.params["eps"],
+            "style": best.params["style"],
+            "temperature_scaling": False,
+            "text": text + ".",
+        }
+    elif best is not None and (worsens(ls_nll, "nll") or worsens(ls_acc, "accuracy")):
+        text = (
+            f"Don't smooth: the validation-chosen {arm(best)} {_words(ls_nll, 'nll')} and "
+            f"{_words(ls_acc, 'accuracy')}, and temperature scaling "
+            f"{_words(ts_vs_base, 'nll')}"
+        )
+        result = {
+            "smooth": False,
+            "eps": 0.0,
+            "style": None,
+            "temperature_scaling": False,
+            "text": text + ".",
+        }
+    else:
+        parts = [f"temperature scaling {_words(ts_vs_base, 'nll')}"]
+        if best is not None:
+            parts.append(f"{arm(best)} {_words(ls_nll, 'nll')} and {_words(ls_acc, 'accuracy')}")
+        text = (
+            f"No detectable effect at this data size ({len(findings.seeds)} seeds): "
+            + "; ".join(parts)
+            + ". Neither smoothing nor temperature scaling can be recommended on this "
+            "evidence; more seeds or more data would narrow the intervals."
+        )
+        result = {
+            "smooth": False,
+            "eps": 0.0,
+            "style": None,
+            "temperature_scaling": False,
+            "text": text,
+        }
+    result["selected_on"] = "validation"
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Noise, distillation, multi-label
+# ----------------------------------------------------------------------------------------------
+
+
+def analyse_noise(findings: Findings, groups: Sequence[Group]) -> None:
+    noise = select(groups, "noise")
+    if not noise:
+        return
+    rates = sorted({g.params["noise"] for g in noise})
+    eps_values = sorted({g.params["eps"] for g in noise})
+    table: dict[float, dict[float, tuple[Group, Comparison | None]]] = {}
+    sentences = []
+    chosen: dict[float, Group | None] = {}
+    for rate in rates:
+        row = {g.params["eps"]: g for g in noise if g.params["noise"] == rate}
+        baseline = row.get(0.0)
+        table[rate] = {}
+        for eps, group in row.items():
+            comparison = None
+            if baseline is not None and group is not baseline:
+                comparison = findings.compare(
+                    "noise", f"noise={rate:g}", group, baseline, "accuracy"
+                )
+                findings.compare("noise", f"noise={rate:g}", group, baseline, "nll")
+                findings.compare(
+                    "noise",
+                    f"noise={rate:g}",
+                    group,
+                    baseline,
+                    "accuracy",
+                    arm_metric="final_accuracy",
+                    baseline_metric="final_accuracy",
+                    arm_label=f"{arm_name(group.params)} (final epoch)",
+                    baseline_label="eps=0 (final epoch)",
+                )
+            table[rate][eps] = (group, comparison)
+        pick = choose(list(row.values()), "val_accuracy", higher=True)
+        chosen[rate] = pick
+        if baseline is None or pick is None:
+            continue
+        text = f"Noise {rate:g}: validation (noisy labels) chose eps={pick.params['eps']:g}"
+        if pick is not baseline:
+            c = table[rate][pick.params["eps"]][1]
+            text += f"; against eps=0 it {_words(c, 'accuracy')} on the clean test set"
+        stopping = findings.compare(
+            "noise",
+            f"noise={rate:g}",
+            baseline,
+            baseline,
+            "accuracy",
+            baseline_metric="final_accuracy",
+            arm_label="eps=0 (best validation epoch)",
+            baseline_label="eps=0 (final epoch)",
+        )
+        text += (
+            f". Early stopping on validation, against the final epoch (eps=0), "
+            f"{_words(stopping, 'accuracy')}."
+        )
+        sentences.append(text)
+    findings.sections["noise"] = {
+        "rates": rates,
+        "eps": eps_values,
+        "table": table,
+        "chosen": chosen,
+        "sentences": sentences,
+    }
+
+
+def analyse_distillation(findings: Findings, groups: Sequence[Group]) -> None:
+    teachers = sorted(
+        select(groups, "distillation", "teacher"), key=lambda g: g.params["teacher_eps"]
+    )
+    students = select(groups, "distillation", "student")
+    if not teachers:
+        return
+    sentences = []
+    teacher_rows: list[Row] = []
+    plain = next((g for g in teachers if g.params["teacher_eps"] == 0), None)
+    for teacher in teachers:
+        comparisons: dict[str, Comparison | None] = {}
+        for m in ("accuracy", "nll", "ece", "mutual_information"):
+            comparisons[m] = (
+                None
+                if teacher is plain or plain is None
+                else findings.compare(
+                    "distillation",
+                    "teacher",
+                    teacher,
+                    plain,
+                    m,
+                    arm_label=f"teacher eps={teacher.params['teacher_eps']:g}",
+                    baseline_label="teacher eps=0",
+                )
+            )
+        teacher_rows.append(
+            Row(
+                f"teacher eps={teacher.params['teacher_eps']:g}",
+                {m: teacher.mean(m) for m in ("accuracy", "nll", "ece", "mutual_information")},
+                comparisons,
+            )
+        )
+    hard = next((g for g in students if g.params["teacher_eps"] == "labels"), None)
+    best_student: dict[float, Group | None] = {}
+    student_rows: list[Row] = []
+    for teacher in teachers:
+        eps = teacher.params["teacher_eps"]
+        own = sorted(
+            [g for g in students if g.params["teacher_eps"] == eps],
+            key=lambda g: g.params["temperature"],
+        )
+        best_student[eps] = choose(own, "val_accuracy", higher=True)
+        for group in own:
+            comparison = None
+            if hard is not None:
+                comparison = findings.compare(
+                    "distillation",
+                    "student",
+                    group,
+                    hard,
+                    "accuracy",
+                    arm_label=(
+                        f"student of teacher eps={eps:g} at T={group.params['temperature']:g}"
+                    ),
+                    baseline_label="student on hard labels",
+                    chosen=group is best_student[eps],
+                )
+            student_rows.append(
+                Row(
+                    f"teacher eps={eps:g}, T={group.params['temperature']:g}",
+                    {
+                        "accuracy": group.mean("accuracy"),
+                        "nll": group.mean("nll"),
+                        "val_accuracy": group.mean("val_accuracy"),
+                    },
+                    {"accuracy": comparison},
+                    note="chosen on validation" if group is best_student[eps] else "",
+                )
+            )
+    if plain is not None:
+        for teacher in teachers:
+            if teacher is plain:
+                continue
+            row = next(
+                r for r in teacher_rows if r.label.endswith(f"{teacher.params['teacher_eps']:g}")
+            )
+            sentences.append(
+                f"Against the teacher without smoothing, the teacher trained with "
+                f"eps={teacher.params['teacher_eps']:g} "
+                f"{_words(row.comparisons['accuracy'], 'accuracy')} and "
+                f"{_words(row.comparisons['mutual_information'], 'mutual_information')} "
+                f"(Müller et al. 2019's estimate of the information about the example that the "
+                f"logits keep)."
+            )
+            smooth_student = best_student.get(teacher.params["teacher_eps"])
+            plain_student = best_student.get(0.0)
+            if smooth_student is not None and plain_student is not None:
+                c = findings.compare(
+                    "distillation",
+                    "student",
+                    smooth_student,
+                    plain_student,
+                    "accuracy",
+                    arm_label=(
+                        f"student of teacher eps={teacher.params['teacher_eps']:g} "
+                        f"(T={smooth_student.params['temperature']:g})"
+                    ),
+                    baseline_label=(
+                        f"student of teacher eps=0 (T={plain_student.params['temperature']:g})"
+                    ),
+                    chosen=True,
+                )
+                sentences.append(
+                    f"At their validation-chosen temperatures, the student of the smoothed "
+                    f"teacher, against the student of the plain teacher, {_words(c, 'accuracy')}."
+                )
+    if hard is not None:
+        for eps, group in best_student.items():
+            if group is None:
+                continue
+            c = next(
+                (
+                    r.comparisons["accuracy"]
+                    for r in student_rows
+                    if r.label == f"teacher eps={eps:g}, T={group.params['temperature']:g}"
+                ),
+                None,
+            )
+            sentences.append(
+                f"Against the student trained on the hard labels, distilling from the "
+                f"eps={eps:g} teacher (T={group.params['temperature']:g}, chosen on validation) "
+                f"{_words(c, 'accuracy')}."
+            )
+    findings.sections["distillation"] = {
+        "teacher_rows": teacher_rows,
+        "student_rows": student_rows,
+        "hard": hard,
+        "sentences": sentences,
+    }
+
+
+def analyse_multilabel(findings: Findings, groups: Sequence[Group]) -> None:
+    runs = sorted(select(groups, "multilabel"), key=lambda g: (g.params["eps"], g.params["style"]))
+    baseline = next((g for g in runs if g.params["eps"] == 0), None)
+    if baseline is None:
+        return
+    rows: list[Row] = []
+    for group in runs:
+        rows.append(
+            Row(
+                arm_label(group.params),
+                {
+                    m: group.mean(m)
+                    for m in (*MULTILABEL_METRICS, "mean_prob_positive", "mean_prob_negative")
+                },
+                {
+                    m: None
+                    if group is baseline
+                    else findings.compare("multilabel", "main", group, baseline, m)
+                    for m in MULTILABEL_METRICS
+                },
+            )
+        )
+    best = choose([g for g in runs if g is not baseline], "val_nll")
+    sentences = []
+    if best is not None:
+        row = next(r for r in rows if r.label == arm_label(best.params))
+        sentences.append(
+            f"Validation chose {arm_label(best.params)}; against eps=0 it "
+            f"{_words(row.comparisons['macro_auroc'], 'macro_auroc')}, "
+            f"{_words(row.comparisons['label_ece'], 'label_ece')} and "
+            f"{_words(row.comparisons['nll'], 'nll')}."
+        )
+    findings.sections["multilabel"] = {"rows": rows, "best": best, "sentences": sentences}
+
+
+def analyse(records: Sequence[dict[str, Any]], seeds: Sequence[int]) -> Findings:
+    """Every comparison, choice and sentence of a study's finished runs."""
+    groups = group_results(records)
+    findings = Findings(seeds=list(seeds))
+    for setting in ("main", "overconfident"):
+        analyse_sweep(findings, groups, setting)
+    analyse_noise(findings, groups)
+    analyse_distillation(findings, groups)
+    analyse_multilabel(findings, groups)
+    findings.recommendation = recommend(findings)
+    findings.sections["groups"] = {"groups": groups}
+    return findings
+
+
+def count_runs(records: Sequence[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for record in records:
+        counts[record.get("status", "ok")] += 1
+    return {"finished": len(records), "diverged": counts["diverged"]}
