@@ -160,8 +160,9 @@ def verdict_figures(findings: Findings, writer: FigureWriter) -> list[dict[str, 
     section = findings.sections.get("sweep:main")
     if section is None:
         return []
-    figure = Figure(figsize=(11, 1.6 + 0.35 * len(section["verdict"])), layout="constrained")
-    axes = figure.subplots(1, 2)
+    rows_count = len(section["verdict"])
+    figure = Figure(figsize=(8.5, 2 * (1.6 + 0.35 * rows_count)), layout="constrained")
+    axes = figure.subplots(2, 1)
     for ax, metric in zip(axes, ("nll", "accuracy"), strict=True):
         rows = _forest_rows(section["verdict"], metric)
         if rows:
@@ -447,9 +448,21 @@ def _environment() -> Any:
     environment.globals.update(
         label=_label,
         digits=_digits,
-        delta=lambda c, d: format_delta(c, d),
+        delta_lines=_delta_lines,
     )
     return environment
+
+
+def _delta_lines(comparison: Comparison, digits: int) -> Any:
+    """``Δ +0.012`` over ``[0.004, 0.020]`` (two lines, so wide tables still fit)."""
+    import markupsafe
+
+    text = format_delta(comparison, digits)
+    delta, _, interval = text.partition(" ")
+    escape = markupsafe.escape
+    if not interval:
+        return escape(f"Δ {delta}")
+    return escape(f"Δ {delta}") + markupsafe.Markup("<br>") + escape(interval)
 
 
 def _select_text(rule: str) -> str:

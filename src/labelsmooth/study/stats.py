@@ -113,9 +113,9 @@ def _number(value: float, digits: int, *, sign: bool = False) -> str:
 def _digits_for(comparison: Comparison, digits: int) -> int:
     """``digits``, or more when the interval would otherwise print as [0, 0]: a difference
     smaller than the printed precision still shows its sign and size."""
-    ends = [v for v in (comparison.ci_low, comparison.ci_high, comparison.mean_delta) if v]
-    ends = [abs(v) for v in ends if math.isfinite(v)]
-    while ends and digits < 6 and max(ends) < 0.5 * 10 ** (-digits):
+    ends = [abs(v) for v in (comparison.ci_low, comparison.ci_high) if math.isfinite(v)]
+    ends = [v for v in ends if v > 1e-12]
+    while ends and digits < 6 and min(ends) < 0.5 * 10 ** (-digits):
         digits += 1
     return digits
 
