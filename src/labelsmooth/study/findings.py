@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .stats import Comparison, describe, format_interval, paired_comparison
+from .stats import Comparison, describe, format_interval, format_number, paired_comparison
 
 # name -> (label, higher is better, decimals)
 METRICS: dict[str, tuple[str, bool, int]] = {
@@ -372,6 +372,7 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
         "best": best,
         "best_ts": best_ts,
         "oracle": oracle,
+        "arms": arms,
         "rows": rows,
         "ts_rows": ts_rows,
         "verdict": verdict,
@@ -414,7 +415,8 @@ def _sweep_sentences(
     )
     lines.append(
         f"The baseline was {state}: mean confidence {conf:.3f} against accuracy {acc:.3f} "
-        f"(confidence minus accuracy {gap.mean_delta:+.3f}, {format_interval(gap)})."
+        f"(confidence minus accuracy {format_number(gap.mean_delta, 3, sign=True)}, "
+        f"{format_interval(gap)})."
     )
     ts_row = verdict[1]
     lines.append(
@@ -461,6 +463,7 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
             "style": None,
             "temperature_scaling": None,
             "text": "No sweep was run, so there is no recommendation.",
+            "selected_on": "validation",
         }
     verdict: list[Row] = section["verdict"]
     best: Group | None = section["best"]
@@ -501,10 +504,10 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
         scale = improves(ts_vs_base, "nll")
         text = f"Smooth with {arm(best)} for accuracy: it {_words(ls_acc, 'accuracy')}"
         text += (
-            "; temperature-scale as well (it lowered the baseline's NLL)"
+            "; temperature-scale as well: on the baseline it "
             if scale
-            else "; temperature scaling made no detectable difference to NLL"
-        )
+            else "; don't temperature-scale: on the baseline it "
+        ) + _words(ts_vs_base, "nll")
         result = {
             "smooth": True,
             "eps": best.params["eps"],
@@ -531,8 +534,8 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
         }
     elif best is not None and improves(ls_nll, "nll"):
         text = (
-            f"Smooth with {arm(best)}: it {_words(ls_nll, 'nll')}; temperature scaling "
-            f"made no detectable difference"
+            f"Smooth with {arm(best)}: it {_words(ls_nll, 'nll')}; don't temperature-scale: "
+            f"on the baseline it {_words(ts_vs_base, 'nll')}"
         )
         result = {
             "smooth": True,
@@ -544,9 +547,14 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
     elif best is not None and (worsens(ls_nll, "nll") or worsens(ls_acc, "accuracy")):
         text = (
             f"Don't smooth: the validation-chosen {arm(best)} {_words(ls_nll, 'nll')} and "
-            f"{_words(ls_acc, 'accuracy')}, and temperature scaling "
-            f"{_words(ts_vs_base, 'nll')}"
+            f"{_words(ls_acc, 'accuracy')}"
         )
+        if best_ts is not None and ls_ts_vs_ts is not None:
+            text += (
+                f"; with temperature scaling, smoothing ({arm(best_ts)}) "
+                f"{_words(ls_ts_vs_ts, 'nll')} against temperature scaling alone"
+            )
+        text += f"; temperature scaling of the baseline {_words(ts_vs_base, 'nll')}"
         result = {
             "smooth": False,
             "eps": 0.0,
@@ -558,11 +566,14 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
         parts = [f"temperature scaling {_words(ts_vs_base, 'nll')}"]
         if best is not None:
             parts.append(f"{arm(best)} {_words(ls_nll, 'nll')} and {_words(ls_acc, 'accuracy')}")
+        harmful = worsens(ts_vs_base, "nll")
+        headline = "No detectable benefit" if harmful else "No detectable effect"
         text = (
-            f"No detectable effect at this data size ({len(findings.seeds)} seeds): "
+            f"{headline} at this data size ({len(findings.seeds)} seeds): "
             + "; ".join(parts)
             + ". Neither smoothing nor temperature scaling can be recommended on this "
-            "evidence; more seeds or more data would narrow the intervals."
+            "evidence"
+            + ("." if harmful else "; more seeds or more data would narrow the intervals.")
         )
         result = {
             "smooth": False,
@@ -571,8 +582,18 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
             "temperature_scaling": False,
             "text": text,
         }
+    if result["smooth"] and result["eps"] == max(g.params["eps"] for g in _arms(findings, setting)):
+        result["text"] += (
+            f" eps {result['eps']:g} is the largest value tried: a larger one was not explored "
+            "(add it with --eps)."
+        )
     result["selected_on"] = "validation"
     return result
+
+
+def _arms(findings: Findings, setting: str) -> list[Group]:
+    section = findings.sections[f"sweep:{setting}"]
+    return list(section["arms"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -719,7 +740,9 @@ def analyse_distillation(findings: Findings, groups: Sequence[Group]) -> None:
             if teacher is plain:
                 continue
             row = next(
-                r for r in teacher_rows if r.label.endswith(f"{teacher.params['teacher_eps']:g}")
+                r
+                for r in teacher_rows
+                if r.label == f"teacher eps={teacher.params['teacher_eps']:g}"
             )
             sentences.append(
                 f"Against the teacher without smoothing, the teacher trained with "

@@ -105,9 +105,19 @@ def paired_comparison(arm: Sequence[float], baseline: Sequence[float]) -> Compar
     )
 
 
-def _number(value: float, digits: int, *, sign: bool = False) -> str:
+def format_number(value: float, digits: int, *, sign: bool = False) -> str:
+    """``value`` to ``digits`` decimals; "0" when it rounds to zero (never "-0.000")."""
     text = f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
     return "0" if float(text) == 0 else text
+
+
+def _end(value: float, digits: int) -> str:
+    """An interval end or a significant size: never printed as 0 unless it is 0 (below a
+    millionth it falls back to scientific notation)."""
+    text = format_number(value, digits)
+    if text == "0" and abs(value) > 1e-300:
+        return f"{value:.1e}"
+    return text
 
 
 def _digits_for(comparison: Comparison, digits: int) -> int:
@@ -125,7 +135,7 @@ def format_interval(comparison: Comparison, digits: int = 3) -> str:
     if math.isnan(comparison.ci_low):
         return f"no interval with {comparison.n_seeds} seed{'s' * (comparison.n_seeds != 1)}"
     digits = _digits_for(comparison, digits)
-    low, high = _number(comparison.ci_low, digits), _number(comparison.ci_high, digits)
+    low, high = _end(comparison.ci_low, digits), _end(comparison.ci_high, digits)
     return f"95% CI [{low}, {high}]"
 
 
@@ -134,10 +144,10 @@ def format_delta(comparison: Comparison, digits: int = 3) -> str:
     if math.isnan(comparison.mean_delta):
         return "–"
     digits = _digits_for(comparison, digits)
-    delta = _number(comparison.mean_delta, digits, sign=True)
+    delta = format_number(comparison.mean_delta, digits, sign=True)
     if math.isnan(comparison.ci_low):
         return delta
-    low, high = _number(comparison.ci_low, digits), _number(comparison.ci_high, digits)
+    low, high = _end(comparison.ci_low, digits), _end(comparison.ci_high, digits)
     return f"{delta} [{low}, {high}]"
 
 
@@ -155,7 +165,7 @@ def describe(
     if not comparison.significant:
         return f"made no detectable difference in {metric} ({interval})"
     verb = "raised" if comparison.mean_delta > 0 else "lowered"
-    size = _number(abs(comparison.mean_delta), _digits_for(comparison, digits))
+    size = _end(abs(comparison.mean_delta), _digits_for(comparison, digits))
     return f"{verb} {metric} by {size} ({interval})"
 
 
@@ -174,6 +184,7 @@ __all__ = [
     "describe",
     "format_delta",
     "format_interval",
+    "format_number",
     "judge",
     "paired_comparison",
     "t_quantile",
