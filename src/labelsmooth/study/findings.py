@@ -485,7 +485,15 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
     def arm(group: Group) -> str:
         return f"eps {group.params['eps']:g} ({group.params['style']})"
 
-    result: dict[str, Any]
+    def decision(smooth_with: Group | None, scale: bool, text: str) -> dict[str, Any]:
+        return {
+            "smooth": smooth_with is not None,
+            "eps": 0.0 if smooth_with is None else smooth_with.params["eps"],
+            "style": None if smooth_with is None else smooth_with.params["style"],
+            "temperature_scaling": scale,
+            "text": text,
+        }
+
     if best_ts is not None and improves(ls_ts_vs_ts, "nll"):
         text = (
             f"Smooth with {arm(best_ts)} and temperature-scale: against temperature scaling "
@@ -493,13 +501,7 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
         )
         if ls_ts_acc is not None:
             text += f" and {_words(ls_ts_acc, 'accuracy')}"
-        result = {
-            "smooth": True,
-            "eps": best_ts.params["eps"],
-            "style": best_ts.params["style"],
-            "temperature_scaling": True,
-            "text": text + ".",
-        }
+        result = decision(best_ts, True, text + ".")
     elif best is not None and improves(ls_acc, "accuracy") and not worsens(ls_ts_vs_ts, "nll"):
         scale = improves(ts_vs_base, "nll")
         text = f"Smooth with {arm(best)} for accuracy: it {_words(ls_acc, 'accuracy')}"
@@ -508,13 +510,7 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
             if scale
             else "; don't temperature-scale: on the baseline it "
         ) + _words(ts_vs_base, "nll")
-        result = {
-            "smooth": True,
-            "eps": best.params["eps"],
-            "style": best.params["style"],
-            "temperature_scaling": scale,
-            "text": text + ".",
-        }
+        result = decision(best, scale, text + ".")
     elif improves(ts_vs_base, "nll"):
         text = (
             f"Don't smooth; temperature-scale: temperature scaling alone "
@@ -525,25 +521,13 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
                 f", and smoothing on top of it ({arm(best_ts)}, the validation choice) "
                 + _words(ls_ts_vs_ts, "nll")
             )
-        result = {
-            "smooth": False,
-            "eps": 0.0,
-            "style": None,
-            "temperature_scaling": True,
-            "text": text + ".",
-        }
+        result = decision(None, True, text + ".")
     elif best is not None and improves(ls_nll, "nll"):
         text = (
             f"Smooth with {arm(best)}: it {_words(ls_nll, 'nll')}; don't temperature-scale: "
             f"on the baseline it {_words(ts_vs_base, 'nll')}"
         )
-        result = {
-            "smooth": True,
-            "eps": best.params["eps"],
-            "style": best.params["style"],
-            "temperature_scaling": False,
-            "text": text + ".",
-        }
+        result = decision(best, False, text + ".")
     elif best is not None and (worsens(ls_nll, "nll") or worsens(ls_acc, "accuracy")):
         text = (
             f"Don't smooth: the validation-chosen {arm(best)} {_words(ls_nll, 'nll')} and "
@@ -555,13 +539,7 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
                 f"{_words(ls_ts_vs_ts, 'nll')} against temperature scaling alone"
             )
         text += f"; temperature scaling of the baseline {_words(ts_vs_base, 'nll')}"
-        result = {
-            "smooth": False,
-            "eps": 0.0,
-            "style": None,
-            "temperature_scaling": False,
-            "text": text + ".",
-        }
+        result = decision(None, False, text + ".")
     else:
         parts = [f"temperature scaling {_words(ts_vs_base, 'nll')}"]
         if best is not None:
@@ -575,13 +553,7 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
             "evidence"
             + ("." if harmful else "; more seeds or more data would narrow the intervals.")
         )
-        result = {
-            "smooth": False,
-            "eps": 0.0,
-            "style": None,
-            "temperature_scaling": False,
-            "text": text,
-        }
+        result = decision(None, False, text)
     if result["smooth"] and result["eps"] == max(g.params["eps"] for g in _arms(findings, setting)):
         result["text"] += (
             f" eps {result['eps']:g} is the largest value tried: a larger one was not explored "
