@@ -440,7 +440,7 @@ def test_binary_csv_end_to_end(tmp_path, capsys):
     assert findings["n_train"] + findings["n_val"] + findings["n_test"] == 569
     notes = " ".join(findings["notes"])
     assert "penultimate-layer projection needs three classes" in notes
-    assert "Noise rates" not in notes  # 0 and 0.4 are below 1/2
+    assert "Noise rate" not in notes  # 0 and 0.4 are below 1/2
     assert "binary / multi-label experiment is skipped" in notes
     page = (out / "report.html").read_text()
     assert "0 → B, 1 → M" in page and "Verdict" in page
@@ -463,7 +463,7 @@ def test_noise_rates_a_binary_task_cannot_support_are_skipped(tmp_path):
     )
     run_study(config, tmp_path / "out", quiet=True)
     findings = json.loads((tmp_path / "out" / "findings.json").read_text())
-    assert any("Noise rates 0.6 skipped" in note for note in findings["notes"])
+    assert any("Noise rate 0.6 skipped" in note for note in findings["notes"])
     assert {c["setting"] for c in findings["comparisons"]} == {"noise=0"}
 
 
@@ -472,7 +472,7 @@ def test_cli_runs_with_a_config_file_and_re_renders(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["study", "--config", str(config), "--out", str(out), "--eps", "0,0.2"]) == 0
     printed = capsys.readouterr()
-    assert "best smoothing: eps=0.2" in printed.out and "report:" in printed.out
+    assert "chosen smoothing: eps=0.2" in printed.out and "report:" in printed.out
     assert "recommendation:" in printed.out and "findings:" in printed.out
     assert "/18 |" in printed.err  # progress bar: runs done / total (2 settings x 3 x 3)
     assert "18 runs to train on 1 worker, estimated" in printed.err

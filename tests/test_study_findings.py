@@ -676,7 +676,7 @@ def test_comparisons_are_paired_t_intervals_over_the_records(study):
         for c in findings.comparisons
         if c["experiment"] == "sweep"
         and c["setting"] == "main"
-        and c["arm"] == "best smoothing + TS (eps=0.1 uniform + TS)"
+        and c["arm"] == "chosen smoothing + TS (eps=0.1 uniform + TS)"
         and c["baseline"] == "eps=0 + TS"
         and c["metric"] == "nll"
     ]

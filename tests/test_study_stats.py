@@ -206,7 +206,7 @@ def test_identical_zero_differences_are_not_significant():
     assert math.isnan(pvalue) and (low, high) == (0.0, 0.0)
     assert not c.significant
     assert describe(c, "NLL", higher_is_better=False) == (
-        "made no detectable difference in NLL (95% CI [0, 0])"
+        "made no difference in NLL (identical in every seed)"
     )
 
 
@@ -240,6 +240,9 @@ def test_describe_words_follow_the_interval(sample, higher, digits):
     assume(all(abs(v) >= CAP for v in (c.ci_low, c.ci_high) if v != 0))
     text = describe(c, "NLL", higher_is_better=higher, digits=digits)
     event("significant" if c.significant else "not significant")
+    if c.ci_low == 0 == c.ci_high:  # every paired difference is 0
+        assert text == "made no difference in NLL (identical in every seed)"
+        return
     low, high = printed_interval(text)
     assert low <= high
     if c.significant:

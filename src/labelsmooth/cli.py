@@ -154,7 +154,7 @@ def run_study_command(args: argparse.Namespace) -> int:
         return 0  # rank 0 of a data-parallel study reports for everyone
     resumed = summary["total_runs"] - summary["computed"]
     print(
-        f"\n{summary['dataset']}: {summary['runs']} runs ({summary['computed']} trained now, "
+        f"\n{summary['dataset']}: {summary['total_runs']} runs ({summary['computed']} trained now, "
         f"{resumed} resumed from {out / 'results.jsonl'}) in {time.perf_counter() - start:.0f} s"
     )
     if summary["world_size"] > 1:

@@ -350,6 +350,11 @@ def sweep_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
             f"The penultimate-layer projection needs three classes; the data set has "
             f"{data.num_classes}, so that figure is skipped."
         )
+    if data.num_classes == 2 and {"uniform", "others"} <= set(config.styles):
+        plan.notes.append(
+            "With 2 classes, style 'others' at eps gives the same targets as 'uniform' at "
+            "2 x eps, so such pairs of sweep rows are the same model trained twice."
+        )
     for setting, split, epochs, description in settings:
         plan.settings[setting] = {
             "description": description,
@@ -386,7 +391,8 @@ def noise_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
     skipped = [rate for rate in config.noise_rates if rate >= limit]
     if skipped:
         plan.notes.append(
-            f"Noise rates {', '.join(f'{r:g}' for r in skipped)} skipped: with "
+            f"Noise rate{'s' * (len(skipped) > 1)} {', '.join(f'{r:g}' for r in skipped)} "
+            f"skipped: with "
             f"{data.num_classes} classes, symmetric noise at a rate >= {limit:.2g} makes a "
             f"wrong label at least as likely as the right one."
         )
@@ -590,6 +596,12 @@ def multilabel_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
         plan.notes.append(description)
         return
     plan.settings["multilabel"] = {"description": description, **split_sizes(task, config)}
+    if {"uniform", "others"} <= set(config.styles):
+        plan.notes.append(
+            "Binary targets: style 'others' at eps (0 -> eps, 1 -> 1 - eps) gives the same "
+            "targets as 'uniform' at 2 x eps, so such multi-label rows are the same model "
+            "trained twice."
+        )
     combos = [(0.0, "uniform")] + [
         (eps, style) for eps in config.multilabel_eps if eps != 0 for style in config.styles
     ]

@@ -19,11 +19,19 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .stats import Comparison, describe, format_interval, format_number, paired_comparison
+from .experiments import TEMPERATURE_BOUNDS
+from .stats import (
+    Comparison,
+    describe,
+    format_delta,
+    format_interval,
+    format_number,
+    paired_comparison,
+)
 
 # name -> (label, higher is better, decimals)
 METRICS: dict[str, tuple[str, bool, int]] = {
@@ -38,6 +46,9 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "label_ece": ("per-label ECE", False, 3),
     "mutual_information": ("mutual information (nats)", True, 3),
 }
+# A negative-eps model whose test NLL exceeds this multiple of the baseline's is called out:
+# its loss is unbounded below and its probabilities have blown up, though its accuracy stands.
+BLOWN_UP_NLL_FACTOR = 10.0
 VERDICT_METRICS = ("nll", "brier", "ece", "ece_quantile", "accuracy", "aurc", "excess_aurc")
 MULTILABEL_METRICS = ("macro_auroc", "label_ece", "nll", "accuracy")
 
@@ -137,15 +148,30 @@ def arm_label(params: dict[str, Any]) -> str:
     return "baseline (eps=0)" if eps == 0 else f"eps={eps:g} ({params.get('style', 'uniform')})"
 
 
-def choose(groups: Sequence[Group], metric: str, *, higher: bool = False) -> Group | None:
+def choose(
+    groups: Sequence[Group],
+    metric: str,
+    *,
+    higher: bool = False,
+    prefer: Callable[[Group], float] | None = None,
+) -> Group | None:
     """The group with the best mean ``metric`` (a validation metric), preferring groups whose
-    every seed finished; ties keep the first (the smallest eps, in plan order)."""
+    every seed finished. Ties (equal to 12 decimals) go to the lowest ``prefer(group)`` (e.g.
+    the eps closest to 0, the lowest temperature), else to the first group in plan order."""
     complete = [g for g in groups if not g.diverged and not math.isnan(g.mean(metric))]
     pool = complete or [g for g in groups if not math.isnan(g.mean(metric))]
     if not pool:
         return None
     sign = -1.0 if higher else 1.0
-    return min(pool, key=lambda g: sign * g.mean(metric))
+    order = {id(g): index for index, g in enumerate(pool)}
+    return min(
+        pool,
+        key=lambda g: (
+            round(sign * g.mean(metric), 12),
+            prefer(g) if prefer is not None else 0.0,
+            order[id(g)],
+        ),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +340,7 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
     if best is not None:
         verdict.append(
             Row(
-                f"best smoothing: {arm_label(best.params)}",
+                f"chosen smoothing: {arm_label(best.params)}",
                 {m: best.mean(m) for m in VERDICT_METRICS},
                 {
                     m: findings.compare(
@@ -323,7 +349,7 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
                         best,
                         baseline,
                         m,
-                        arm_label=f"best smoothing ({arm_name(best.params)})",
+                        arm_label=f"chosen smoothing ({arm_name(best.params)})",
                         chosen=True,
                     )
                     for m in VERDICT_METRICS
@@ -334,7 +360,7 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
     if best_ts is not None:
         verdict.append(
             Row(
-                f"best smoothing + TS: {arm_label(best_ts.params)} + TS",
+                f"chosen smoothing + TS: {arm_label(best_ts.params)} + TS",
                 {m: best_ts.mean(f"ts_{m}") for m in VERDICT_METRICS},
                 {
                     m: findings.compare(
@@ -344,7 +370,7 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
                         baseline,
                         m,
                         arm_metric=f"ts_{m}",
-                        arm_label=f"best smoothing + TS ({arm_name(best_ts.params)} + TS)",
+                        arm_label=f"chosen smoothing + TS ({arm_name(best_ts.params)} + TS)",
                         chosen=True,
                     )
                     for m in VERDICT_METRICS
@@ -363,10 +389,15 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
                 m,
                 arm_metric=f"ts_{m}",
                 baseline_metric=f"ts_{m}",
-                arm_label=f"best smoothing + TS ({arm_name(best_ts.params)} + TS)",
+                arm_label=f"chosen smoothing + TS ({arm_name(best_ts.params)} + TS)",
                 baseline_label="eps=0 + TS",
                 chosen=True,
             )
+        verdict[
+            -1
+        ].note += (
+            f"; against the baseline + TS: NLL {format_delta(key_comparisons['ls_ts_vs_ts_nll'])}"
+        )
     findings.sections[f"sweep:{setting}"] = {
         "baseline": baseline,
         "best": best,
@@ -377,21 +408,35 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
         "ts_rows": ts_rows,
         "verdict": verdict,
         "key": key_comparisons,
-        "sentences": _sweep_sentences(baseline, best, best_ts, oracle, verdict, key_comparisons),
+        "sentences": _sweep_sentences(
+            setting, baseline, best, best_ts, oracle, verdict, key_comparisons
+        ),
     }
 
 
 def _temperature_note(group: Group) -> str:
-    flagged = [s for s, m in sorted(group.metrics.items()) if m.get("temperature_ok", 1) < 1]
+    """Mean T, or how many seeds had a T that was flagged and why."""
+    flagged = [m for _, m in sorted(group.metrics.items()) if m.get("temperature_ok", 1) < 1]
     if not flagged:
         return f"mean T = {group.mean('temperature'):.2f}"
+    low, high = TEMPERATURE_BOUNDS
+    at_low = sum(1 for m in flagged if m.get("temperature", 1.0) <= low * 1.000001)
+    at_high = sum(1 for m in flagged if m.get("temperature", 1.0) >= high * 0.999999)
+    reasons = []
+    if at_low:
+        reasons.append(f"{at_low} at T = {low:g}, a validation split classified perfectly")
+    if at_high:
+        reasons.append(f"{at_high} at T = {high:g}, outputs no better than chance")
+    if len(flagged) - at_low - at_high:
+        reasons.append(f"{len(flagged) - at_low - at_high} not lowering the validation NLL")
     return (
-        f"T flagged (at a bound or not lowering validation NLL) in {len(flagged)} of "
-        f"{group.n_seeds} seeds, left unscaled there"
+        f"T was flagged and not applied in {len(flagged)} of {group.n_seeds} seeds: "
+        + ", ".join(reasons)
     )
 
 
 def _sweep_sentences(
+    setting: str,
     baseline: Group,
     best: Group | None,
     best_ts: Group | None,
@@ -418,11 +463,15 @@ def _sweep_sentences(
         f"(confidence minus accuracy {format_number(gap.mean_delta, 3, sign=True)}, "
         f"{format_interval(gap)})."
     )
+    if setting == "overconfident" and not (gap.significant and gap.mean_delta > 0):
+        lines.append(
+            "This setting is meant to make the baseline over-confident; here it did not, so it "
+            "does not test smoothing on an over-confident model."
+        )
     ts_row = verdict[1]
     lines.append(
-        f"Temperature scaling of the baseline ({ts_row.note}) "
-        f"{_words(ts_row.comparisons['nll'], 'nll')} and "
-        f"{_words(ts_row.comparisons['ece'], 'ece')}."
+        f"Temperature scaling of the baseline {_words(ts_row.comparisons['nll'], 'nll')} and "
+        f"{_words(ts_row.comparisons['ece'], 'ece')}; {ts_row.note}."
     )
     subjects = []
     if best is not None:
@@ -430,7 +479,7 @@ def _sweep_sentences(
     if best_ts is not None:
         subjects.append(
             f"the smoothing chosen on validation NLL after temperature scaling, "
-            f"{arm_label(best_ts.params)} + TS ({_temperature_note(best_ts)}),"
+            f"{arm_label(best_ts.params)} + TS,"
         )
     for subject, row in zip(subjects, verdict[2:], strict=True):
         lines.append(
@@ -438,6 +487,8 @@ def _sweep_sentences(
             f"{_words(row.comparisons['accuracy'], 'accuracy')} and "
             f"{_words(row.comparisons['ece'], 'ece')}."
         )
+    if best_ts is not None:
+        lines.append(f"For {arm_label(best_ts.params)}: {_temperature_note(best_ts)}.")
     if best_ts is not None and "ls_ts_vs_ts_nll" in key:
         lines.append(
             f"Against the baseline with temperature scaling, smoothing on top of it "
@@ -544,23 +595,54 @@ def recommend(findings: Findings, setting: str = "main") -> dict[str, Any]:
         parts = [f"temperature scaling {_words(ts_vs_base, 'nll')}"]
         if best is not None:
             parts.append(f"{arm(best)} {_words(ls_nll, 'nll')} and {_words(ls_acc, 'accuracy')}")
-        harmful = worsens(ts_vs_base, "nll")
-        headline = "No detectable benefit" if harmful else "No detectable effect"
+        harms = _harms(verdict[1:])
+        headline = "No detectable benefit" if harms else "No detectable effect"
         text = (
             f"{headline} at this data size ({len(findings.seeds)} seeds): "
             + "; ".join(parts)
             + ". Neither smoothing nor temperature scaling can be recommended on this "
             "evidence"
-            + ("." if harmful else "; more seeds or more data would narrow the intervals.")
+            + (
+                ". Detectable harm: " + "; ".join(harms) + "."
+                if harms
+                else "; more seeds or more data would narrow the intervals."
+            )
         )
         result = decision(None, False, text)
-    if result["smooth"] and result["eps"] == max(g.params["eps"] for g in _arms(findings, setting)):
+    if result["smooth"]:
+        row = verdict[3] if result["temperature_scaling"] and best_ts is not None else verdict[2]
+        harms = _harms([row])
+        if harms:
+            result["text"] += " Caveat: " + "; ".join(harms) + "."
+        if result["eps"] == max(g.params["eps"] for g in _arms(findings, setting)):
+            result["text"] += (
+                f" eps {result['eps']:g} is the largest value in the sweep; larger values were "
+                "not compared (add them with --eps)."
+            )
         result["text"] += (
-            f" eps {result['eps']:g} is the largest value tried: a larger one was not explored "
-            "(add it with --eps)."
+            " The eps is a validation choice among the arms; the arms were not tested against "
+            "each other, so a neighbouring value may do as well."
         )
     result["selected_on"] = "validation"
     return result
+
+
+def _harms(rows: Sequence[Row]) -> list[str]:
+    """Every significant worsening against the baseline in ``rows``, in words."""
+    harms = []
+    for row in rows:
+        for metric in VERDICT_METRICS:
+            comparison = row.comparisons.get(metric)
+            if comparison is not None and comparison.worsens(higher_is_better(metric)):
+                harms.append(f"{_subject(row.label)} {_words(comparison, metric)}")
+    return harms
+
+
+def _subject(label: str) -> str:
+    """A verdict row's label as the subject of a sentence about it against the baseline."""
+    if label == "baseline + temperature scaling":
+        return "temperature scaling of the baseline"
+    return "against the baseline, the " + label.replace(": ", " ", 1)
 
 
 def _arms(findings: Findings, setting: str) -> list[Group]:
@@ -605,11 +687,19 @@ def analyse_noise(findings: Findings, groups: Sequence[Group]) -> None:
                     baseline_label="eps=0 (final epoch)",
                 )
             table[rate][eps] = (group, comparison)
-        pick = choose(list(row.values()), "val_accuracy", higher=True)
+        pick = choose(
+            list(row.values()),
+            "val_accuracy",
+            higher=True,
+            prefer=lambda g: abs(g.params["eps"]),
+        )
         chosen[rate] = pick
         if baseline is None or pick is None:
             continue
-        text = f"Noise {rate:g}: validation (noisy labels) chose eps={pick.params['eps']:g}"
+        text = (
+            f"Noise {rate:g}: validation (labels at this noise rate) chose "
+            f"eps={pick.params['eps']:g}"
+        )
         if pick is not baseline:
             c = table[rate][pick.params["eps"]][1]
             text += f"; against eps=0 it {_words(c, 'accuracy')} on the clean test set"
@@ -628,6 +718,15 @@ def analyse_noise(findings: Findings, groups: Sequence[Group]) -> None:
             f"{_words(stopping, 'accuracy')}."
         )
         sentences.append(text)
+        for eps, group in sorted(row.items()):
+            nll, base_nll = group.mean("nll"), baseline.mean("nll")
+            if eps < 0 and nll > BLOWN_UP_NLL_FACTOR * base_nll:
+                sentences.append(
+                    f"Noise {rate:g}, eps={eps:g}: mean test NLL {nll:.3g} against "
+                    f"{base_nll:.3g} at eps=0 (mean logit gap {group.mean('logit_gap'):.3g}): "
+                    f"negative smoothing's loss is unbounded below, its logits grew until its "
+                    f"probabilities were unusable; compare its accuracy only."
+                )
     findings.sections["noise"] = {
         "rates": rates,
         "eps": eps_values,
@@ -673,13 +772,23 @@ def analyse_distillation(findings: Findings, groups: Sequence[Group]) -> None:
     hard = next((g for g in students if g.params["teacher_eps"] == "labels"), None)
     best_student: dict[float, Group | None] = {}
     student_rows: list[Row] = []
+    if hard is not None:
+        student_rows.append(
+            Row(
+                "student on hard labels (the reference)",
+                {m: hard.mean(m) for m in ("accuracy", "nll", "val_accuracy")},
+                {"accuracy": None},
+            )
+        )
     for teacher in teachers:
         eps = teacher.params["teacher_eps"]
         own = sorted(
             [g for g in students if g.params["teacher_eps"] == eps],
             key=lambda g: g.params["temperature"],
         )
-        best_student[eps] = choose(own, "val_accuracy", higher=True)
+        best_student[eps] = choose(
+            own, "val_accuracy", higher=True, prefer=lambda g: g.params["temperature"]
+        )
         for group in own:
             comparison = None
             if hard is not None:

@@ -572,6 +572,7 @@ def render_report(directory: str | Path) -> dict[str, Any]:
         "batch_size": config.get("batch_size"),
         "epochs": config.get("epochs"),
         "student_width": config.get("student_width"),
+        "n_bins": config.get("n_bins", 15),
         "select_text": _select_text(config.get("select", "accuracy")),
         "minutes": f"{sum(r.get('seconds', 0) for r in store.records) / 60:.1f}",
         "fingerprint": study.get("fingerprint", "?"),

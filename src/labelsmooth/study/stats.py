@@ -158,10 +158,14 @@ def describe(
 
     A verb phrase, so that it reads after any subject ("temperature scaling ..."):
     significant: ``"raised accuracy by 0.012 (95% CI [...])"`` or ``"lowered NLL by ..."``;
-    otherwise ``"made no detectable difference in NLL (95% CI [a, b])"``. The direction word
+    otherwise ``"made no detectable difference in NLL (95% CI [a, b])"``, or ``"made no
+    difference in NLL (identical in every seed)"`` when every paired difference is 0. The
+    direction word
     is neutral ("raised"/"lowered"); :func:`judge` says whether that is better or worse.
     """
     interval = format_interval(comparison, digits)
+    if comparison.n_seeds >= 2 and comparison.ci_low == 0 == comparison.ci_high:
+        return f"made no difference in {metric} (identical in every seed)"
     if not comparison.significant:
         return f"made no detectable difference in {metric} ({interval})"
     verb = "raised" if comparison.mean_delta > 0 else "lowered"
