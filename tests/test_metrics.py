@@ -657,6 +657,33 @@ def test_bad_bins(fn):
         fn(GOOD_PROBS, GOOD_LABELS, binning="adaptive")
 
 
+@pytest.mark.parametrize(
+    "fn",
+    [
+        expected_calibration_error,
+        maximum_calibration_error,
+        classwise_calibration_error,
+        reliability_curve,
+    ],
+)
+def test_n_bins_is_bounded(fn):
+    """10**9 bins used to allocate gigabytes (the audit's OOM); the bound is refused at once."""
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"n_bins must be <= 100000, got n_bins=1000000000"):
+        fn(GOOD_PROBS, GOOD_LABELS, n_bins=10**9)
+    assert time.perf_counter() - start < 1.0
+    fn(GOOD_PROBS, GOOD_LABELS, n_bins=100_000)  # the bound itself is allowed
+
+
+def test_n_bins_is_bounded_for_multilabel():
+    probs = torch.tensor([[0.2, 0.9], [0.7, 0.4]])
+    targets = torch.tensor([[0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="n_bins must be <= 100000"):
+        multilabel_calibration_error(probs, targets, n_bins=100_001)
+
+
 def test_bad_multilabel_input():
     probs = torch.tensor([[0.2, 0.9], [0.4, 0.1]])
     with pytest.raises(ValueError, match=r"labels must be 0 or 1, got 2"):

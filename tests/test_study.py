@@ -182,7 +182,7 @@ def test_selection_never_reads_test_labels(tiny_study, tmp_path, monkeypatch):
             split, y_test=split.y_test[order], x_test=split.x_test.flip(0) * 3.0
         )
 
-    monkeypatch.setattr("labelsmooth.study.main.load_dataset", poisoned)
+    monkeypatch.setattr("labelsmooth.study.prepare.load_dataset", poisoned)
     poisoned_out = tmp_path / "poisoned"
     run_study(make_config(TINY), poisoned_out, quiet=True)
     clean, dirty = _records(out), _records(poisoned_out)

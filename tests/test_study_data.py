@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import struct
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
 
 from labelsmooth.study.data import (
     DatasetError,
+    Limits,
     digits_multilabel,
     load_cifar10,
     load_csv,
     load_dataset,
     load_mnist,
     load_npz,
+    parse_size,
     read_idx,
     synthetic,
 )
@@ -409,3 +414,220 @@ def test_builtin_data_sets():
     assert len(subset.x_train) <= 101 and set(subset.y_train.tolist()) == set(range(10))
     first, second = synthetic(seed=0), synthetic(seed=0)
     assert (first.x_train == second.x_train).all()  # deterministic
+
+
+# ----------------------------------------------------------------------------------------------
+# Untrusted files: sizes checked before decompressing, caps on memory and classes
+# ----------------------------------------------------------------------------------------------
+
+SMALL = Limits(max_data_bytes=8 * 1024**2, max_classes=1000)  # 1 Mi values as float64
+
+
+def _peak_bytes(function):
+    """Runs ``function`` (which must raise DatasetError) and returns the peak of the memory
+    numpy and Python allocated meanwhile (numpy reports its buffers to tracemalloc)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as caught:
+            function()
+        return tracemalloc.get_traced_memory()[1], str(caught.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_npz_over_the_limit_is_refused_from_its_header_before_decompressing(tmp_path):
+    # 4 Mi zeros compress to a few KiB: the file is tiny, the array is not
+    np.savez_compressed(
+        tmp_path / "bomb.npz", x=np.zeros((4096, 1024), np.uint8), y=np.zeros(4096, np.int64)
+    )
+    assert (tmp_path / "bomb.npz").stat().st_size < 100_000
+    peak, message = _peak_bytes(lambda: load_npz(tmp_path / "bomb.npz", limits=SMALL))
+    assert "array 'x' of shape (4096, 1024) would take 32.0 MiB in memory" in message
+    assert "over the limit of 8.0 MiB" in message and "--max-data-bytes" in message
+    assert peak < 1024**2  # the 4 MiB array was never decompressed
+    # the same file loads under a higher limit
+    np.savez_compressed(tmp_path / "ok.npz", x=np.zeros((64, 4)), y=np.arange(64) % 2)
+    assert load_npz(tmp_path / "ok.npz", limits=SMALL).num_classes == 2
+
+
+def test_npz_limit_counts_every_array_of_the_data_set(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 1000))  # 0.6 Mi values: under 1 Mi alone
+    np.savez(tmp_path / "two.npz", x=x, y=np.arange(600) % 2, x_test=x, y_test=np.arange(600) % 2)
+    with pytest.raises(DatasetError, match=r"array 'x_test'.*\(with 4.6 MiB before it\)"):
+        load_npz(tmp_path / "two.npz", limits=SMALL)
+
+
+def test_npz_header_declaring_more_than_the_file_holds_is_refused(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (100, 4)}
+    )
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + b"\0" * 64)  # 8 of 400 values
+        archive.writestr("y.npy", header.getvalue())
+    with pytest.raises(DatasetError, match=r"array 'x' declares shape \(100, 4\).*truncated"):
+        load_npz(tmp_path / "short.npz")
+
+
+def test_npz_malformed_arrays_are_one_line_errors(tmp_path):
+    np.savez(tmp_path / "text.npz", x=np.zeros((6, 2)), y=np.array(list("ababab")))
+    with pytest.raises(DatasetError, match=r"array 'y' has dtype <U1; arrays must hold numbers"):
+        load_npz(tmp_path / "text.npz")
+    np.savez(tmp_path / "scalar.npz", x=np.float64(3.0), y=np.zeros(6))
+    with pytest.raises(DatasetError, match=r"no examples \(features of shape \(\)\)"):
+        load_npz(tmp_path / "scalar.npz")
+    np.savez(tmp_path / "nofeatures.npz", x=np.zeros((6, 0)), y=np.arange(6) % 2)
+    with pytest.raises(DatasetError, match="the examples have no features"):
+        load_npz(tmp_path / "nofeatures.npz")
+    np.save(tmp_path / "plain.npy", np.zeros((6, 2)))
+    (tmp_path / "plain.npz").write_bytes((tmp_path / "plain.npy").read_bytes())
+    with pytest.raises(DatasetError, match="not a readable .npz file"):
+        load_npz(tmp_path / "plain.npz")
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "med.npz",
+        train_images=rng.normal(size=(9, 4, 4)),
+        train_labels=np.arange(9) % 3,
+        val_images=rng.normal(size=(3, 5, 5)),
+        val_labels=np.arange(3),
+    )
+    with pytest.raises(DatasetError, match="train_images has shape .* but val_images"):
+        load_npz(tmp_path / "med.npz")
+    with zipfile.ZipFile(tmp_path / "notnpy.npz", "w") as archive:
+        archive.writestr("x.npy", b"this is not an array")
+        archive.writestr("y.npy", b"nor this")
+    with pytest.raises(DatasetError, match="array 'x' is not a readable .npy array"):
+        load_npz(tmp_path / "notnpy.npz")
+
+
+def _idx_header(shape, code=0x08):
+    return bytes([0, 0, code, len(shape)]) + b"".join(struct.pack(">I", n) for n in shape)
+
+
+def test_gzipped_idx_declaring_a_huge_shape_is_refused_before_decompressing(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as stream:  # 64 MiB of zeros in a small file
+        stream.write(_idx_header((65536, 32, 32)))
+        for _ in range(16):
+            stream.write(bytes(4 * 1024**2))
+    assert path.stat().st_size < 200_000
+    peak, message = _peak_bytes(lambda: read_idx(path, limits=SMALL))
+    assert "shape (65536, 32, 32)" in message and "over the limit of 8.0 MiB" in message
+    assert peak < 1024**2
+
+
+def test_gzipped_idx_with_more_data_than_declared_is_read_only_up_to_the_declared_size(tmp_path):
+    path = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(path, "wb") as stream:  # declares 10 labels, then 64 MiB more
+        stream.write(_idx_header((10,)) + bytes(10))
+        for _ in range(16):
+            stream.write(bytes(4 * 1024**2))
+    peak, message = _peak_bytes(lambda: read_idx(path))
+    assert "truncated or oversized IDX data (more than 18 bytes, expected 18" in message
+    assert peak < 1024**2
+
+
+def test_uncompressed_idx_size_is_checked_from_the_file_size(tmp_path):
+    path = tmp_path / "images"
+    path.write_bytes(_idx_header((2**20, 64, 64)) + bytes(100))
+    peak, message = _peak_bytes(lambda: read_idx(path))
+    assert "truncated or oversized IDX data" in message and peak < 1024**2
+
+
+def test_mnist_limit_counts_all_four_files(tmp_path):
+    _write_mnist(tmp_path, n_train=40, n_test=20)  # 60 * 16 + 60 values = 8160 bytes
+    assert load_mnist(tmp_path, limits=Limits(max_data_bytes=8160)).num_classes == 10
+    message = r"t10k-labels.*\(with 7.8 KiB before it\), over the limit of 8.0 KiB"
+    with pytest.raises(DatasetError, match=message):
+        load_mnist(tmp_path, limits=Limits(max_data_bytes=8159))
+
+
+def test_cifar10_over_the_limit(tmp_path):
+    (tmp_path / "data_batch_1.bin").write_bytes(_cifar_batch(20))
+    (tmp_path / "test_batch.bin").write_bytes(_cifar_batch(10))
+    with pytest.raises(DatasetError, match="data_batch_1.bin: a CIFAR-10 batch.*over the limit"):
+        load_cifar10(tmp_path, limits=Limits(max_data_bytes=100_000))
+
+
+def test_csv_larger_than_the_limit_is_refused_before_reading(tmp_path):
+    path = _write_csv(tmp_path / "big.csv", ["label", "a", "b", "c"], _rows([0, 1] * 500))
+    size = path.stat().st_size
+    with pytest.raises(DatasetError, match=r"parsing .* of CSV text would take .* over the limit"):
+        load_csv(path, limits=Limits(max_data_bytes=8 * size - 1))
+    assert load_csv(path, limits=Limits(max_data_bytes=8 * size)).num_classes == 2
+
+
+def test_a_stray_label_is_a_class_too_small_to_split_not_a_million_classes(tmp_path):
+    rows = _rows([0, 1] * 20) + _rows([999999])
+    path = _write_csv(tmp_path / "stray.csv", ["label", "a", "b", "c"], rows)
+    with pytest.raises(DatasetError, match=r"class '999999' \(1 example\) cannot be split"):
+        load_csv(path)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "stray.npz", x=rng.normal(size=(41, 3)), y=[0, 1] * 20 + [999999])
+    with pytest.raises(DatasetError, match=r"class '999999' \(1 example\)"):
+        load_npz(tmp_path / "stray.npz")
+
+
+def test_more_classes_than_the_limit_are_refused(tmp_path, monkeypatch):
+    path = _write_csv(tmp_path / "many.csv", ["label", "a", "b", "c"], _rows(list(range(12)) * 3))
+    with pytest.raises(
+        DatasetError,
+        match=r"12 distinct labels \(classes\), more than the limit "
+        r"of 10.*--max-classes",
+    ):
+        load_csv(path, limits=Limits(max_classes=10))
+    assert load_csv(path, limits=Limits(max_classes=12)).num_classes == 12
+    monkeypatch.setenv("LABELSMOOTH_MAX_CLASSES", "11")
+    with pytest.raises(DatasetError, match="more than the limit of 11"):
+        load_dataset(f"csv:{path}")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "wide.npz", x=rng.normal(size=(20, 3)), y=rng.integers(0, 2, (20, 12)))
+    with pytest.raises(DatasetError, match="12 label columns, more than the limit of 11"):
+        load_npz(tmp_path / "wide.npz")
+
+
+def test_limits_from_the_environment(tmp_path, monkeypatch):
+    path = _write_csv(tmp_path / "d.csv", ["label", "a", "b", "c"], _rows([0, 1] * 20))
+    monkeypatch.setenv("LABELSMOOTH_MAX_DATA_BYTES", "1K")
+    assert Limits.resolve().max_data_bytes == 1024
+    assert Limits.resolve(max_data_bytes=5000).max_data_bytes == 5000  # the setting wins
+    with pytest.raises(DatasetError, match="over the limit of 1.0 KiB"):
+        load_dataset(f"csv:{path}")
+    monkeypatch.setenv("LABELSMOOTH_MAX_DATA_BYTES", "lots")
+    with pytest.raises(DatasetError, match="LABELSMOOTH_MAX_DATA_BYTES must be a number of bytes"):
+        load_dataset(f"csv:{path}")
+    monkeypatch.delenv("LABELSMOOTH_MAX_DATA_BYTES")
+    monkeypatch.setenv("LABELSMOOTH_MAX_CLASSES", "1")
+    with pytest.raises(DatasetError, match="LABELSMOOTH_MAX_CLASSES must be an integer >= 2"):
+        load_dataset(f"csv:{path}")
+    monkeypatch.delenv("LABELSMOOTH_MAX_CLASSES")
+    assert Limits.resolve() == Limits(2 * 1024**3, 1000)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("4096", 4096),
+        ("512M", 512 * 1024**2),
+        ("4G", 4 * 1024**3),
+        ("2GiB", 2 * 1024**3),
+        ("1.5k", 1536),
+        (" 3 MB ", 3 * 1024**2),
+    ],
+)
+def test_parse_size(text, value):
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "lots", "-1", "0", "4X", "1e9"])
+def test_parse_size_refuses(text):
+    with pytest.raises(ValueError, match="must be"):
+        parse_size(text, "--max-data-bytes")
+
+
+def test_csv_byte_order_mark_before_the_label_column_name(tmp_path):
+    path = _write_csv(tmp_path / "bom.csv", ["label", "a", "b", "c"], _rows([0, 1, 2] * 5))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    split = load_csv(path)  # the column "label" is found, not "\ufefflabel"
+    assert split.num_classes == 3 and split.num_features == 3

@@ -56,6 +56,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _byte_size(text: str) -> int:
+    from .study.data import parse_size
+
+    try:
+        return parse_size(text, "--max-data-bytes")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def _os_error(err: OSError) -> str:
+    """An OSError in one line: the file and the reason, no traceback."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"{where}{err.strerror or err}"
+
+
 def _mean_sd(values: Sequence[float]) -> str:
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -115,6 +130,7 @@ def _study_overrides(args: argparse.Namespace) -> dict:
     overrides: dict = {}
     if args.config:
         overrides.update(load_toml(args.config))
+        args.config_keys = set(overrides)
     for name in _STUDY_FLAGS:
         value = getattr(args, name)
         if value is not None:
@@ -129,18 +145,34 @@ def run_study_command(args: argparse.Namespace) -> int:
     from .study.data import DatasetError
     from .study.main import run_study
     from .study.parallel import shutdown
+    from .study.runner import OutputError
 
+    out = Path(args.out or (DEFAULT_OUT_QUICK if args.quick else DEFAULT_OUT))
     try:
-        config = make_config(_study_overrides(args), quick=args.quick)
-        out = Path(args.out or (DEFAULT_OUT_QUICK if args.quick else DEFAULT_OUT))
+        try:
+            config = make_config(_study_overrides(args), quick=args.quick)
+        except ConfigError as err:
+            # a value the config file set (not a flag): name the file
+            name = str(err).split(" ", 1)[0].rstrip(":")
+            if name in getattr(args, "config_keys", ()) and getattr(args, name, None) is None:
+                raise ConfigError(f"--config: {args.config}: {err}") from err
+            raise
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out: {out} exists and is not a directory")
         start = time.perf_counter()
         summary = run_study(
             config, out, quiet=args.quiet, profile="quick" if args.quick else "full"
         )
+    except OutputError as err:
+        kept = out / "results.jsonl"
+        raise UsageError(
+            f"--out {out}: {err}; the runs finished before are kept in {kept}: free space or "
+            "make the folder writable, then run the same command again to resume"
+        ) from err
     except (ConfigError, DatasetError) as err:
         raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError(_os_error(err)) from err
     except KeyboardInterrupt:
         print(
             "\nlabelsmooth study: interrupted; finished runs are saved in results.jsonl of "
@@ -185,8 +217,10 @@ def run_report_command(args: argparse.Namespace) -> int:
 
     try:
         summary = render_report(args.directory)
-    except (FileNotFoundError, ValueError) as err:
+    except ValueError as err:  # ConfigError, StudyFileError, OutputError, DatasetError
         raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError(str(err) if not err.filename else _os_error(err)) from err
     _print_verdict(summary)
     print(f"\nreport: {summary['report']}\nfindings: {summary['findings']}")
     return 0
@@ -209,6 +243,8 @@ _STUDY_FLAGS = (
     "select",
     "label_column",
     "max_train",
+    "max_data_bytes",
+    "max_classes",
 )
 
 DEFAULT_OUT = "labelsmooth-study"
@@ -295,6 +331,21 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         type=int,
         help="use at most this many training examples, stratified (default: all; the study "
         "warns before training when a data set would take far longer than the profile)",
+    )
+    study.add_argument(
+        "--max-data-bytes",
+        dest="max_data_bytes",
+        type=_byte_size,
+        help="refuse a data file whose values would take more memory than this, counted as "
+        "float64, e.g. 4G (default: $LABELSMOOTH_MAX_DATA_BYTES or 2G); checked before "
+        "anything is decompressed",
+    )
+    study.add_argument(
+        "--max-classes",
+        dest="max_classes",
+        type=_positive_int,
+        help="refuse a data set with more classes than this (default: "
+        "$LABELSMOOTH_MAX_CLASSES or 1000)",
     )
     study.add_argument(
         "--epochs",

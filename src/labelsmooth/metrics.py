@@ -280,10 +280,18 @@ def _check_binary_labels(labels: object, shape: tuple[int, ...], source: str) ->
     return array.astype(np.float64)
 
 
+# More bins than this is a mistake, not a finer estimate (the reliability curve and the
+# histograms hold arrays of n_bins entries; 10**9 bins would need gigabytes).
+MAX_BINS = 100_000
+
+
 def _check_n_bins(n_bins: object) -> int:
+    """``n_bins`` as an int in [1, MAX_BINS]; ValueError naming the argument otherwise."""
     n_bins = _checks.check_int("n_bins", n_bins)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got n_bins={n_bins}")
+    if n_bins > MAX_BINS:
+        raise ValueError(f"n_bins must be <= {MAX_BINS}, got n_bins={n_bins}")
     return n_bins
 
 

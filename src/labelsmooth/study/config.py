@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _checks
+from ..metrics import MAX_BINS
 from .train import SELECT_RULES
 
 EXPERIMENTS = ("sweep", "noise", "distillation", "multilabel")
@@ -65,6 +66,11 @@ class StudyConfig:
     threads: int = 1
     # parallel worker processes (each with `threads` torch threads); 0: one per CPU core
     workers: int = 0
+    # caps on untrusted data files (see labelsmooth.study.data.Limits): bytes of values counted
+    # as float64, and classes; 0: the environment variable LABELSMOOTH_MAX_DATA_BYTES /
+    # LABELSMOOTH_MAX_CLASSES, else 2 GiB / 1000
+    max_data_bytes: int = 0
+    max_classes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -85,8 +91,9 @@ class StudyConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# Settings that change how fast a study runs but never a number it reports.
-RUNTIME_SETTINGS = ("threads", "workers")
+# Settings that change how fast a study runs, or whether a data set is accepted, but never a
+# number it reports.
+RUNTIME_SETTINGS = ("threads", "workers", "max_data_bytes", "max_classes")
 
 QUICK = {
     "epochs": 20,
@@ -108,25 +115,53 @@ _TUPLE_TYPES = {
 }
 
 
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _item(name: str, kind: type, value: Any) -> Any:
+    """``value`` as ``kind``: an int must be an integer (not a bool, not 2.5 or "2"); a float
+    may be an int; a string must be a string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        ok = False
+    elif kind is float:
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ConfigError(f"{name} must be {_KIND_NAMES[kind]}, got {_show(value)}")
+    return value
+
+
 def _coerce(name: str, value: Any) -> Any:
     default = {f.name: f.default for f in fields(StudyConfig)}[name]
     if name in _TUPLE_TYPES:
         kind = _TUPLE_TYPES[name]
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if not isinstance(value, (list, tuple)):
             value = [value]
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{name} must be a non-empty list, got {value!r}")
+        if not value:
+            raise ConfigError(f"{name} must be a non-empty list, got {_show(value)}")
         try:
-            return tuple(kind(item) if kind is not float else float(item) for item in value)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"{name} must be a list of {kind.__name__}, got {value!r}") from err
+            return tuple(_item(name, kind, item) for item in value)
+        except ConfigError as err:
+            raise ConfigError(
+                f"{name} must be a list of {kind.__name__}s, got {_show(value)}"
+            ) from err
     if name == "label_column" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    if isinstance(default, bool) or not isinstance(value, type(default)):
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}")
-    return value
+    if name == "max_data_bytes" and isinstance(value, str):
+        from .data import parse_size
+
+        try:
+            return parse_size(value, name)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    return _item(name, type(default), value)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -136,23 +171,50 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         import tomli as tomllib  # type: ignore[no-redef]
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read()
     except FileNotFoundError as err:
         raise ConfigError(f"--config: {path} does not exist") from err
+    except OSError as err:
+        raise ConfigError(f"--config: cannot read {path} ({err.strerror or err})") from err
+    try:
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not a TOML error
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"--config: {path} is not UTF-8 text (byte {err.start}: {err.reason}); TOML files "
+            "are UTF-8"
+        ) from err
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"--config: {path} is not valid TOML ({err})") from err
     table = data.get("study", data)
-    return {key.replace("-", "_"): value for key, value in table.items()}
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"--config: {path}: study must be a table ([study] with settings under it), "
+            f"got {_show(table)}"
+        )
+    values = {key.replace("-", "_"): value for key, value in table.items()}
+    try:
+        _check_names(values)
+        for name, value in values.items():
+            _coerce(name, value)
+    except ConfigError as err:
+        raise ConfigError(f"--config: {path}: {err}") from err
+    return values
 
 
-def make_config(overrides: dict[str, Any], *, quick: bool = False) -> StudyConfig:
-    """Defaults, then the quick profile, then ``overrides`` (config file, then flags)."""
+def _check_names(overrides: dict[str, Any]) -> None:
     known = {f.name for f in fields(StudyConfig)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(
             f"unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
         )
+
+
+def make_config(overrides: dict[str, Any], *, quick: bool = False) -> StudyConfig:
+    """Defaults, then the quick profile, then ``overrides`` (config file, then flags)."""
+    _check_names(overrides)
     values: dict[str, Any] = dict(QUICK) if quick else {}
     for name, value in overrides.items():
         if value is not None:
@@ -206,6 +268,14 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
         raise ConfigError(f"select must be one of {', '.join(SELECT_RULES)}, got {config.select!r}")
     if config.workers < 0:
         raise ConfigError(f"workers must be >= 0 (0: one per CPU core), got {config.workers}")
+    if config.max_data_bytes < 0:
+        raise ConfigError(
+            f"max_data_bytes must be >= 0 (0: the default), got {config.max_data_bytes}"
+        )
+    if config.max_classes < 0 or config.max_classes == 1:
+        raise ConfigError(f"max_classes must be >= 2 (0: the default), got {config.max_classes}")
+    if config.n_bins > MAX_BINS:
+        raise ConfigError(f"n_bins must be <= {MAX_BINS}, got {config.n_bins}")
     if len(config.seeds) < 2:
         raise ConfigError(
             f"seeds: at least 2 are needed for a paired interval (5 recommended), "

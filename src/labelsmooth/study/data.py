@@ -34,6 +34,12 @@ CSV files (``csv:FILE``)
     standardised with statistics of the training part, and 30% of the rows, stratified by
     class, are held out as the test set.
 
+Untrusted files cannot exhaust memory: the sizes a file declares (npz array headers, IDX
+headers, file sizes) are checked against :class:`Limits` before anything is decompressed or
+read -- at most 2 GiB of values counted as float64 and 1000 classes by default, raised with
+``--max-data-bytes``/``--max-classes`` or ``LABELSMOOTH_MAX_DATA_BYTES``/
+``LABELSMOOTH_MAX_CLASSES``.
+
 NPZ files (``npz:FILE``) with class labels (not multi-label) are mapped the same way: labels
 {1, 2, 3} or {0, 5} become classes 0..K-1, and a test label absent from the training labels is
 refused. MNIST and CIFAR-10 keep their fixed 10 classes.
@@ -45,7 +51,10 @@ import csv
 import gzip
 import io
 import math
+import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,6 +65,115 @@ from torch import Tensor
 
 class DatasetError(ValueError):
     """A data set could not be read: missing, truncated or malformed file, bad labels."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Limits on untrusted files
+# ----------------------------------------------------------------------------------------------
+
+DEFAULT_MAX_DATA_BYTES = 2 * 1024**3
+DEFAULT_MAX_CLASSES = 1000
+MAX_DATA_BYTES_ENV = "LABELSMOOTH_MAX_DATA_BYTES"
+MAX_CLASSES_ENV = "LABELSMOOTH_MAX_CLASSES"
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """A byte count such as ``2147483648``, ``512M`` or ``4GiB`` (K, M, G, T are powers of
+    1024; a trailing ``B`` or ``iB`` is allowed). Raises :class:`ValueError` naming ``what``."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.I)
+    if match is None:
+        raise ValueError(
+            f"{what} must be a number of bytes such as 2147483648, 512M or 4G, got {text!r}"
+        )
+    value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    if value < 1:
+        raise ValueError(f"{what} must be at least 1 byte, got {text!r}")
+    return value
+
+
+def format_size(count: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep an untrusted data file from exhausting memory.
+
+    ``max_data_bytes`` bounds the memory the data set's values take as the study holds them:
+    every value (feature or label) counts 8 bytes, the float64 the loaders compute in, so a
+    1 MiB ``uint8`` image array counts 8 MiB. It is checked against the sizes a file declares
+    (npz array headers, IDX headers, file sizes) before anything is decompressed or read;
+    peak memory while loading is a few times it. A CSV file is parsed in memory at about 8
+    bytes per byte of text, so a CSV file counts 8 bytes per byte. Default 2 GiB (CIFAR-10
+    takes 1.4 GiB); ``--max-data-bytes``, the setting ``max_data_bytes`` or the environment
+    variable ``LABELSMOOTH_MAX_DATA_BYTES`` raise it.
+
+    ``max_classes`` bounds the number of classes (distinct labels; for multi-label data, label
+    columns). Default 1000; ``--max-classes``, ``max_classes`` or ``LABELSMOOTH_MAX_CLASSES``.
+    """
+
+    max_data_bytes: int = DEFAULT_MAX_DATA_BYTES
+    max_classes: int = DEFAULT_MAX_CLASSES
+
+    @classmethod
+    def resolve(cls, max_data_bytes: int | None = None, max_classes: int | None = None) -> Limits:
+        """The given values; a value that is ``None`` or 0 comes from the environment variable,
+        else the default."""
+        if not max_data_bytes:
+            text = os.environ.get(MAX_DATA_BYTES_ENV, "").strip()
+            try:
+                max_data_bytes = parse_size(text, MAX_DATA_BYTES_ENV) if text else None
+            except ValueError as err:
+                raise DatasetError(str(err)) from err
+        if not max_classes:
+            text = os.environ.get(MAX_CLASSES_ENV, "").strip()
+            if text:
+                if not re.fullmatch(r"[0-9]+", text) or int(text) < 2:
+                    raise DatasetError(f"{MAX_CLASSES_ENV} must be an integer >= 2, got {text!r}")
+                max_classes = int(text)
+        return cls(
+            max_data_bytes=int(max_data_bytes or DEFAULT_MAX_DATA_BYTES),
+            max_classes=int(max_classes or DEFAULT_MAX_CLASSES),
+        )
+
+
+def _limits(limits: Limits | None) -> Limits:
+    return limits if limits is not None else Limits.resolve()
+
+
+class _Budget:
+    """Counts the values a data set loads against ``Limits.max_data_bytes``."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limit = limits.max_data_bytes
+        self.used = 0
+
+    def take(self, where: str, what: str, values: int, *, bytes_per_value: int = 8) -> None:
+        need = values * bytes_per_value
+        if self.used + need > self.limit:
+            others = f" (with {format_size(self.used)} before it)" if self.used else ""
+            raise DatasetError(
+                f"{where}: {what} would take {format_size(need)} in memory{others}, over the "
+                f"limit of {format_size(self.limit)}; raise it with --max-data-bytes or "
+                f"{MAX_DATA_BYTES_ENV} if the machine has the memory"
+            )
+        self.used += need
+
+
+def _check_class_count(name: str, count: int, max_classes: int | None, what: str) -> None:
+    limit = max_classes if max_classes is not None else Limits.resolve().max_classes
+    if count > limit:
+        raise DatasetError(
+            f"{name}: {count} {what}, more than the limit of {limit}; check the label column "
+            f"(a stray label is a class of its own), or raise the limit with --max-classes or "
+            f"{MAX_CLASSES_ENV}"
+        )
 
 
 @dataclass(frozen=True)
@@ -136,7 +254,11 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std == 0] = 1.0
-    return (x_train - mean) / std, (x_test - mean) / std
+    # subtract into a new array, divide in place: one temporary, the same numbers
+    out_train, out_test = x_train - mean, x_test - mean
+    out_train /= std
+    out_test /= std
+    return out_train, out_test
 
 
 def _check_labels(name: str, labels: np.ndarray, num_classes: int | None = None) -> np.ndarray:
@@ -178,6 +300,7 @@ def encode_labels(
     test_labels: np.ndarray | None = None,
     *,
     min_examples: int = MIN_CLASS_EXAMPLES,
+    max_classes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...]]:
     """Maps class labels to indices 0..K-1 in sorted order of their values.
 
@@ -187,8 +310,9 @@ def encode_labels(
     indices, the test labels mapped the same way (``None`` when not given), and the original
     value of each class as a string (``class_names[k]`` for class ``k``).
 
-    Raises :class:`DatasetError` for fewer than 2 classes, a class with fewer than
-    ``min_examples`` examples, or a test label that is not among ``labels``.
+    Raises :class:`DatasetError` for fewer than 2 classes, more than ``max_classes`` (default:
+    :class:`Limits`), a class with fewer than ``min_examples`` examples, or a test label that
+    is not among ``labels``.
     """
     labels = np.asarray(labels).reshape(-1)
     numeric = labels.dtype.kind in "biuf"
@@ -197,6 +321,7 @@ def encode_labels(
     if labels.size == 0:
         raise DatasetError(f"{name}: no examples")
     values, indices, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    _check_class_count(name, len(values), max_classes, "distinct labels (classes)")
     names = tuple(_label_text(v) for v in values)
     if len(values) < 2:
         raise DatasetError(
@@ -242,15 +367,37 @@ def from_arrays(
     num_classes: int | None = None,
     class_names: tuple[str, ...] = (),
     map_labels: bool = False,
+    max_classes: int | None = None,
 ) -> Split:
     """Builds a standardised split; labels (N,) or (N, 1) are classes, (N, L>1) multi-label.
 
     Class labels must be integers >= 0 (below ``num_classes`` when given). With ``map_labels``
     they are mapped to 0..K-1 in sorted order by :func:`encode_labels` (``class_names`` then
     holds the original values; ``num_classes`` and ``class_names`` must not be given);
-    multi-label targets are never mapped.
+    multi-label targets are never mapped. More than ``max_classes`` classes (or label columns;
+    default: :class:`Limits`) are refused.
     """
+    for part, array in (("features", x_train), ("labels", y_train)):
+        if np.ndim(array) == 0 or len(array) == 0:
+            raise DatasetError(f"{name}: no examples ({part} of shape {np.shape(array)})")
+    for part, array in (
+        ("features", x_train),
+        ("labels", y_train),
+        ("test features", x_test),
+        ("test labels", y_test),
+    ):
+        kind = None if array is None else np.asarray(array).dtype.kind
+        if kind is not None and kind not in "biuf":
+            raise DatasetError(
+                f"{name}: {part} have dtype {np.asarray(array).dtype}; they must be numbers"
+            )
+    if x_test is not None and np.ndim(x_test) == 0:
+        raise DatasetError(f"{name}: test features must have one row per example, got a scalar")
+    if y_test is not None and np.ndim(y_test) == 0:
+        raise DatasetError(f"{name}: test labels must have one entry per example, got a scalar")
     x_train = np.asarray(x_train, dtype=np.float64)
+    if x_train[0].size == 0:
+        raise DatasetError(f"{name}: the examples have no features (shape {x_train.shape})")
     x_train = x_train.reshape(len(x_train), -1)
     y_train = np.asarray(y_train)
     if len(x_train) != len(y_train):
@@ -276,7 +423,7 @@ def from_arrays(
         y_train = _check_labels(name, y_train)
         if y_test is not None:
             y_test = _check_labels(f"{name} (test)", y_test)
-        y_train, y_test, class_names = encode_labels(name, y_train, y_test)
+        y_train, y_test, class_names = encode_labels(name, y_train, y_test, max_classes=max_classes)
         num_classes = len(class_names)
     if x_test is None:
         if multilabel:
@@ -303,10 +450,12 @@ def from_arrays(
         labels_train = torch.from_numpy(y_train.astype(np.float32))
         labels_test = torch.from_numpy(np.asarray(y_test).astype(np.float32))
         classes = y_train.shape[1]
+        _check_class_count(name, classes, max_classes, "label columns")
     else:
         y_train = _check_labels(name, y_train, num_classes)
         y_test = _check_labels(f"{name} (test)", np.asarray(y_test), num_classes)
         classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+        _check_class_count(name, classes, max_classes, "classes")
         if classes < 2:
             raise DatasetError(f"{name}: needs at least 2 classes, found {classes}")
         labels_train, labels_test = torch.from_numpy(y_train), torch.from_numpy(y_test)
@@ -410,33 +559,59 @@ def synthetic(
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Reads one IDX file (gzipped or not), checking the magic number and the size."""
+def read_idx(
+    path: Path, *, limits: Limits | None = None, budget: _Budget | None = None
+) -> np.ndarray:
+    """Reads one IDX file (gzipped or not), checking the magic number and the size.
+
+    The shape the header declares is checked against ``limits.max_data_bytes`` (see
+    :class:`Limits`; ``budget`` shares the limit among the files of one data set) before the
+    data is read or decompressed, and a gzip stream is decompressed only up to the declared
+    size, so a small file cannot make the loader allocate more.
+    """
+    budget = budget if budget is not None else _Budget(_limits(limits))
     try:
-        raw = path.read_bytes()
+        handle = path.open("rb")
     except OSError as err:
         raise DatasetError(f"{path}: cannot read ({err.strerror})") from err
-    if raw[:2] == b"\x1f\x8b":
+    with handle:
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
+            compressed = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            stream = gzip.GzipFile(fileobj=handle, mode="rb") if compressed else handle
+            magic = stream.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                shown = magic.hex() if magic else "empty file"
+                raise DatasetError(f"{path}: not an IDX file (magic number {shown})")
+            ndim = magic[3]
+            dims = stream.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise DatasetError(f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            dtype = np.dtype(_IDX_TYPES[magic[2]])
+            count = math.prod(shape)
+            header = 4 + 4 * ndim
+            expected = header + count * dtype.itemsize
+            if not compressed:
+                size = os.fstat(handle.fileno()).st_size
+                if size != expected:
+                    raise DatasetError(
+                        f"{path}: truncated or oversized IDX data ({size} bytes, expected "
+                        f"{expected} for shape {shape})"
+                    )
+            budget.take(str(path), f"the IDX header's shape {shape} ({count} values)", count)
+            raw = stream.read(count * dtype.itemsize + 1)
+        except (OSError, EOFError, zlib.error) as err:
+            if not compressed:
+                raise DatasetError(f"{path}: cannot read ({err})") from err
             raise DatasetError(f"{path}: corrupt gzip data ({err})") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        magic = raw[:4].hex() if raw else "empty file"
-        raise DatasetError(f"{path}: not an IDX file (magic number {magic})")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = header + math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
+    if len(raw) != count * dtype.itemsize:
+        got = f"more than {expected}" if len(raw) > count * dtype.itemsize else header + len(raw)
         raise DatasetError(
-            f"{path}: truncated or oversized IDX data ({len(raw)} bytes, expected {expected} "
+            f"{path}: truncated or oversized IDX data ({got} bytes, expected {expected} "
             f"for shape {shape})"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 def _find_one(directory: Path, patterns: tuple[str, ...], what: str) -> Path:
@@ -447,16 +622,19 @@ def _find_one(directory: Path, patterns: tuple[str, ...], what: str) -> Path:
     raise DatasetError(f"{directory}: no {what} file (looked for {', '.join(patterns)})")
 
 
-def load_mnist(directory: str | Path) -> Split:
+def load_mnist(directory: str | Path, *, limits: Limits | None = None) -> Split:
     """MNIST (or Fashion-MNIST) IDX files: train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte,
-    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte."""
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte. The four files together must fit in
+    ``limits`` (see :class:`Limits`)."""
     root = Path(directory)
     if not root.is_dir():
         raise DatasetError(f"mnist: {root} is not a directory")
+    limits = _limits(limits)
+    budget = _Budget(limits)
     arrays = {}
     for part, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_find_one(root, (f"{prefix}-images*",), f"{part} images"))
-        labels = read_idx(_find_one(root, (f"{prefix}-labels*",), f"{part} labels"))
+        images = read_idx(_find_one(root, (f"{prefix}-images*",), f"{part} images"), budget=budget)
+        labels = read_idx(_find_one(root, (f"{prefix}-labels*",), f"{part} labels"), budget=budget)
         if images.ndim != 3 or labels.ndim != 1:
             raise DatasetError(
                 f"mnist: {part} images must be (N, rows, cols) and labels (N,), got "
@@ -473,6 +651,7 @@ def load_mnist(directory: str | Path) -> Split:
         *arrays["test"],
         num_classes=10,
         class_names=tuple(str(d) for d in range(10)),
+        max_classes=limits.max_classes,
     )
 
 
@@ -490,8 +669,13 @@ CIFAR10_CLASSES = (
 )
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_cifar_batch(path: Path, budget: _Budget) -> tuple[np.ndarray, np.ndarray]:
     record = 1 + 3 * 32 * 32
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read ({err.strerror})") from err
+    budget.take(str(path), f"a CIFAR-10 batch of {size} bytes", size)
     try:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as err:
@@ -507,16 +691,21 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, 1:].astype(np.float64) / 255.0, labels
 
 
-def load_cifar10(directory: str | Path) -> Split:
-    """CIFAR-10's binary version: data_batch_1.bin ... data_batch_5.bin and test_batch.bin."""
+def load_cifar10(directory: str | Path, *, limits: Limits | None = None) -> Split:
+    """CIFAR-10's binary version: data_batch_1.bin ... data_batch_5.bin and test_batch.bin,
+    together within ``limits`` (see :class:`Limits`)."""
     root = Path(directory)
     if not root.is_dir():
         raise DatasetError(f"cifar10: {root} is not a directory")
     train_files = sorted(root.glob("data_batch_*.bin"))
     if not train_files:
         raise DatasetError(f"cifar10: no data_batch_*.bin in {root} (the binary version)")
-    parts = [_read_cifar_batch(path) for path in train_files]
-    x_test, y_test = _read_cifar_batch(_find_one(root, ("test_batch.bin",), "test_batch.bin"))
+    limits = _limits(limits)
+    budget = _Budget(limits)
+    parts = [_read_cifar_batch(path, budget) for path in train_files]
+    x_test, y_test = _read_cifar_batch(
+        _find_one(root, ("test_batch.bin",), "test_batch.bin"), budget
+    )
     return from_arrays(
         "cifar10",
         np.concatenate([p[0] for p in parts]),
@@ -525,52 +714,127 @@ def load_cifar10(directory: str | Path) -> Split:
         y_test,
         num_classes=10,
         class_names=CIFAR10_CLASSES,
+        max_classes=limits.max_classes,
     )
 
 
-def load_npz(path: str | Path, seed: int = 0) -> Split:
+def _npy_header(
+    archive: zipfile.ZipFile, member: str, where: str
+) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the header of the .npy ``member``, read without decompressing its
+    data; refuses what is not a numeric array and data shorter than the declared shape."""
+    name = member[: -len(".npy")]
+    try:
+        with archive.open(member) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DatasetError(f"{where}: array {name!r} is not a readable .npy array ({err})") from err
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
+        raise DatasetError(
+            f"{where}: array {name!r} has dtype {dtype}; arrays must hold numbers (object "
+            "arrays would need pickle and are refused)"
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    if archive.getinfo(member).file_size < declared:
+        raise DatasetError(
+            f"{where}: array {name!r} declares shape {shape} ({declared} bytes) but the file "
+            f"holds {archive.getinfo(member).file_size} bytes; it is truncated or corrupt"
+        )
+    return shape, dtype
+
+
+def _npy_read(archive: zipfile.ZipFile, member: str, where: str) -> np.ndarray:
+    try:
+        with archive.open(member) as stream:
+            return np.lib.format.read_array(stream, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        name = member[: -len(".npy")]
+        raise DatasetError(f"{where}: array {name!r} cannot be read ({err})") from err
+
+
+def load_npz(path: str | Path, seed: int = 0, *, limits: Limits | None = None) -> Split:
     """``x``/``y`` arrays (optional ``x_test``/``y_test``), or the MedMNIST layout
     (``train_images``, ``train_labels``, ``val_*``, ``test_*``; labels (N, 1) classes or (N, L)
     multi-label). Validation data, when present, is added to the training data.
 
     Class labels (integers >= 0) are mapped to 0..K-1 in sorted order, ``class_names`` holding
     the original values (see :func:`encode_labels`); a test label that does not occur in the
-    training labels is refused. Multi-label targets are kept as they are."""
+    training labels is refused. Multi-label targets are kept as they are.
+
+    Arrays must hold numbers (no pickle is ever loaded). The shapes their headers declare are
+    checked against ``limits`` (see :class:`Limits`) before any array is decompressed."""
     path = Path(path)
+    where = f"npz: {path}"
+    limits = _limits(limits)
     try:
-        archive = np.load(path, allow_pickle=False)
+        archive = zipfile.ZipFile(path)
     except FileNotFoundError as err:
         raise DatasetError(f"npz: {path} does not exist") from err
-    except (OSError, ValueError, EOFError) as err:
-        raise DatasetError(f"npz: {path} is not a readable .npz file ({err})") from err
+    except OSError as err:
+        raise DatasetError(f"npz: cannot read {path} ({err.strerror or err})") from err
+    except (zipfile.BadZipFile, ValueError, EOFError) as err:
+        raise DatasetError(
+            f"npz: {path} is not a readable .npz file (a zip archive of .npy arrays: {err})"
+        ) from err
     with archive:
-        keys = set(archive.files)
-        try:
-            if {"train_images", "train_labels"} <= keys:
-                x_train, y_train = archive["train_images"], archive["train_labels"]
-                if {"val_images", "val_labels"} <= keys:
-                    x_train = np.concatenate([x_train, archive["val_images"]])
-                    y_train = np.concatenate([y_train, archive["val_labels"]])
-                x_test = archive["test_images"] if "test_images" in keys else None
-                y_test = archive["test_labels"] if "test_labels" in keys else None
-            elif {"x", "y"} <= keys:
-                x_train, y_train = archive["x"], archive["y"]
-                x_test = archive["x_test"] if "x_test" in keys else None
-                y_test = archive["y_test"] if "y_test" in keys else None
-            else:
-                raise DatasetError(
-                    f"npz: {path} needs arrays x and y, or train_images and train_labels "
-                    f"(MedMNIST); found {', '.join(sorted(keys)) or 'none'}"
-                )
-        except ValueError as err:  # object arrays would need pickle
-            raise DatasetError(f"npz: {path}: {err}") from err
+        members = {
+            name[: -len(".npy")]: name for name in archive.namelist() if name.endswith(".npy")
+        }
+        keys = set(members)
+        if {"train_images", "train_labels"} <= keys:
+            names = {"x": ["train_images"], "y": ["train_labels"]}
+            if {"val_images", "val_labels"} <= keys:
+                names["x"].append("val_images")
+                names["y"].append("val_labels")
+            names["x_test"] = ["test_images"] if "test_images" in keys else []
+            names["y_test"] = ["test_labels"] if "test_labels" in keys else []
+        elif {"x", "y"} <= keys:
+            names = {
+                part: [part] if part in keys else [] for part in ("x", "y", "x_test", "y_test")
+            }
+        else:
+            raise DatasetError(
+                f"npz: {path} needs arrays x and y, or train_images and train_labels "
+                f"(MedMNIST); found {', '.join(sorted(keys)) or 'none'}"
+            )
+        budget = _Budget(limits)
+        for part in names.values():
+            for key in part:
+                shape, _ = _npy_header(archive, members[key], where)
+                budget.take(where, f"array {key!r} of shape {shape}", math.prod(shape))
+        arrays: dict[str, np.ndarray | None] = {}
+        for part, found in names.items():
+            loaded = [_npy_read(archive, members[key], where) for key in found]
+            if len(loaded) > 1:
+                if loaded[0].shape[1:] != loaded[1].shape[1:] or loaded[0].ndim == 0:
+                    raise DatasetError(
+                        f"{where}: {found[0]} has shape {loaded[0].shape} but {found[1]} "
+                        f"{loaded[1].shape}; they must match except in the first dimension"
+                    )
+                loaded = [np.concatenate(loaded)]
+            arrays[part] = loaded[0] if loaded else None
+    x_train, y_train, x_test, y_test = (arrays[p] for p in ("x", "y", "x_test", "y_test"))
+    assert x_train is not None and y_train is not None
     if (x_test is None) != (y_test is None):
         raise DatasetError(f"npz: {path} has test images or test labels but not both")
     if x_train.dtype == np.uint8:
         x_train = x_train / 255.0
         x_test = None if x_test is None else x_test / 255.0
     return from_arrays(
-        f"npz:{path.name}", x_train, y_train, x_test, y_test, seed=seed, map_labels=True
+        f"npz:{path.name}",
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        seed=seed,
+        map_labels=True,
+        max_classes=limits.max_classes,
     )
 
 
@@ -654,7 +918,13 @@ def _label_index(
     return label_column % width
 
 
-def load_csv(path: str | Path, seed: int = 0, label_column: int | str | None = None) -> Split:
+def load_csv(
+    path: str | Path,
+    seed: int = 0,
+    label_column: int | str | None = None,
+    *,
+    limits: Limits | None = None,
+) -> Split:
     """A CSV file of numeric features and one label column (one example per row).
 
     Cells are separated by commas, semicolons or tabs (whichever the first line holds most of).
@@ -674,9 +944,19 @@ def load_csv(path: str | Path, seed: int = 0, label_column: int | str | None = N
     Every other column is a feature and must hold finite numbers; a column empty in every row
     (a trailing comma) is ignored. Rows are numbered as lines of the file, the first being 1.
     30% of the rows, stratified by class, become the test set.
+
+    The file is parsed in memory, at about 8 bytes per byte of text: a file larger than
+    ``limits.max_data_bytes / 8`` is refused before it is read, and more classes than
+    ``limits.max_classes`` are refused (see :class:`Limits`).
     """
     path = Path(path)
     where = f"csv: {path}"
+    limits = _limits(limits)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise DatasetError(f"csv: cannot read {path} ({err.strerror})") from err
+    _Budget(limits).take(where, f"parsing {format_size(size)} of CSV text", size)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             text = handle.read()
@@ -751,7 +1031,7 @@ def load_csv(path: str | Path, seed: int = 0, label_column: int | str | None = N
             )
     else:
         labels = np.array(cells, dtype=str)
-    indices, _, class_names = encode_labels(where, labels)
+    indices, _, class_names = encode_labels(where, labels, max_classes=limits.max_classes)
     return from_arrays(
         f"csv:{path.name}",
         table,
@@ -759,17 +1039,25 @@ def load_csv(path: str | Path, seed: int = 0, label_column: int | str | None = N
         seed=seed,
         num_classes=len(class_names),
         class_names=class_names,
+        max_classes=limits.max_classes,
     )
 
 
 DATASETS = ("digits", "synthetic", "mnist:DIR", "cifar10:DIR", "npz:FILE", "csv:FILE")
 
 
-def load_dataset(spec: str, seed: int = 0, *, label_column: int | str | None = None) -> Split:
+def load_dataset(
+    spec: str,
+    seed: int = 0,
+    *,
+    label_column: int | str | None = None,
+    limits: Limits | None = None,
+) -> Split:
     """Loads a data set from its ``--dataset`` spec (see :data:`DATASETS`).
 
     ``label_column`` (``--label-column``) is passed to :func:`load_csv`; it is refused for any
-    other data set.
+    other data set. ``limits`` caps the memory and the number of classes of user files
+    (default: :meth:`Limits.resolve`, the environment variables or the defaults).
     """
     kind, _, argument = spec.partition(":")
     loaders = {"mnist": load_mnist, "cifar10": load_cifar10, "npz": load_npz, "csv": load_csv}
@@ -784,8 +1072,9 @@ def load_dataset(spec: str, seed: int = 0, *, label_column: int | str | None = N
         return load_digits(seed=seed)
     if kind == "synthetic":
         return synthetic(seed=seed)
+    limits = _limits(limits)
     if kind == "csv":
-        return load_csv(argument, seed=seed, label_column=label_column)
+        return load_csv(argument, seed=seed, label_column=label_column, limits=limits)
     if kind == "npz":
-        return load_npz(argument, seed=seed)
-    return loaders[kind](argument)
+        return load_npz(argument, seed=seed, limits=limits)
+    return loaders[kind](argument, limits=limits)

@@ -14,16 +14,16 @@ import torch
 import torch.distributed as dist
 
 from .config import ConfigError, StudyConfig, check_config
-from .data import Split, load_dataset
+from .data import Split
 from .experiments import Plan, Run, plan, split_sizes
 from .models import MLP
 from .parallel import init_from_environment
+from .prepare import prepare_data
 from .report import render_report
 from .runner import (
     ResultStore,
     StudyFolder,
     clock,
-    data_fingerprint,
     default_workers,
     execute_plan,
 )
@@ -31,15 +31,6 @@ from .train import TrainConfig, train_classifier
 
 # What the profiles promise on 2 CPU cores; a study estimated at more than twice this warns.
 PROFILE_MINUTES = {"full": 5.0, "quick": 2.0}
-
-
-def prepare_data(config: StudyConfig) -> tuple[Split, str]:
-    """The data set of ``config`` (after ``max_train``) and the fingerprint of its contents."""
-    data = load_dataset(config.dataset, seed=0, label_column=config.label_column or None)
-    if config.max_train and len(data.x_train) > config.max_train:
-        data = data.subset_train(config.max_train, seed=0)
-    fingerprint = data_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
-    return data, fingerprint
 
 
 def _seconds_per_example_epoch(data: Split, config: StudyConfig) -> float:

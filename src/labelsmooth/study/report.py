@@ -287,7 +287,10 @@ def sweep_figures(
                     arrays["labels"],
                     tuple(int(c) for c in projection_classes),
                 )
-                names = [class_names[c] for c in projection_classes] if class_names else None
+                names = None
+                if class_names and all(int(c) < len(class_names) for c in projection_classes):
+                    # a "$" in a data set's label must not start matplotlib's mathtext
+                    names = [class_names[c].replace("$", r"\$") for c in projection_classes]
                 plots.penultimate_scatter(
                     projection, ax=ax, class_names=names, title=arm_label(group.params)
                 )
@@ -484,7 +487,7 @@ def render_report(directory: str | Path) -> dict[str, Any]:
     if not store.records:
         raise FileNotFoundError(f"{directory}: no results.jsonl with finished runs")
     study = read_study_json(directory)
-    config = study.get("config") or store.records[-1]["config"]
+    config = study.get("config") or store.records[-1].get("config") or {}
     seeds = list(config.get("seeds", sorted({r["seed"] for r in store.records})))
     findings = analyse(store.records, seeds)
     groups: list[Group] = findings.sections["groups"]["groups"]

@@ -26,6 +26,8 @@ import signal
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
@@ -45,14 +47,31 @@ def _umask() -> int:
     return mask
 
 
+class StudyFileError(ConfigError):
+    """A file of the study folder is unreadable, malformed or cannot be written: reported in one
+    line naming the file, exit status 2."""
+
+
+class OutputError(StudyFileError, OSError):
+    """Writing to the output folder failed (read-only, full disk, ...). Files written before
+    stay as they were: every write replaces a file atomically."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Writes ``data`` to ``path`` so that readers see the old or the new file, never a part.
 
     The file gets the permissions a plain ``open(path, "w")`` would (0666 less the umask), not
-    the 0600 of the temporary file it is renamed from.
+    the 0600 of the temporary file it is renamed from. An :class:`OSError` (a read-only folder,
+    a full disk) leaves the old file in place and is raised as :class:`OutputError`, a one-line
+    message naming the file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as err:
+        raise _output_error(path, err) from err
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -60,9 +79,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fchmod(stream.fileno(), 0o666 & ~_umask())
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise _output_error(path, err) from err
         raise
+
+
+def _output_error(path: Path, err: OSError) -> OutputError:
+    reason = err.strerror or str(err) or type(err).__name__
+    error = OutputError(f"cannot write {path} ({reason})")
+    error.errno = err.errno
+    return error
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -122,7 +150,10 @@ class StudyFolder:
     def __enter__(self) -> StudyFolder:
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(f"--out: {self.directory} exists and is not a directory")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _output_error(self.directory, err) from err
         self._acquire()
         try:
             self._check_or_write()
@@ -136,7 +167,10 @@ class StudyFolder:
 
     def _acquire(self) -> None:
         path = self.directory / ".lock"
-        handle = open(path, "a+")  # noqa: SIM115 - held until __exit__
+        try:
+            handle = open(path, "a+")  # noqa: SIM115 - held until __exit__
+        except OSError as err:
+            raise _output_error(path, err) from err
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -148,11 +182,16 @@ class StudyFolder:
                     f"--out {self.directory} is in use by another study (pid {pid}); wait for "
                     "it to finish or use --out NEW"
                 ) from err
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+            raise _output_error(path, err) from err
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+        except OSError as err:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+            raise _output_error(path, err) from err
         self._lock = handle
 
     def _release(self) -> None:
@@ -168,11 +207,8 @@ class StudyFolder:
         path = self.directory / "study.json"
         settings = self.config.numeric_settings()
         if path.exists():
-            try:
-                stored = json.loads(path.read_text())
-                fingerprint = stored["fingerprint"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ConfigError(f"--out: {path} is not a labelsmooth study.json") from err
+            stored = read_study_json(self.directory)
+            fingerprint = stored["fingerprint"]
             if fingerprint == self.fingerprint:
                 return
             difference = _describe_difference(stored.get("config", {}), settings)
@@ -201,23 +237,165 @@ class StudyFolder:
         )
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise StudyFileError(
+            f"{path} is not a labelsmooth file (not UTF-8 text at byte {err.start})"
+        ) from err
+    except OSError as err:
+        raise StudyFileError(f"cannot read {path} ({err.strerror or err})") from err
+
+
+def _kind(value: Any) -> str:
+    text = json.dumps(value)  # as the file spells it
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# study.json: the fields the report reads, and what each must be
+_STUDY_FIELDS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "fingerprint": (str, "a string"),
+    "data_fingerprint": (str, "a string"),
+    "config": (dict, "an object"),
+    "dataset": (str, "a string"),
+    "num_classes": (int, "an integer"),
+    "class_names": (list, "a list"),
+    "multilabel": (bool, "true or false"),
+    "planned_runs": (int, "an integer"),
+    "notes": (list, "a list"),
+    "settings": (dict, "an object"),
+    "n_train": (int, "an integer"),
+    "n_val": (int, "an integer"),
+    "n_test": (int, "an integer"),
+}
+
+
 def read_study_json(directory: str | Path) -> dict[str, Any]:
+    """``study.json`` of ``directory`` ({} if absent); :class:`StudyFileError` naming the file
+    and the field when it is not JSON or a field has the wrong type."""
     path = Path(directory) / "study.json"
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
-
-
-def data_fingerprint(*arrays: Any) -> str:
-    """A hash of the data's contents (tensors or arrays), shapes and dtypes included."""
-    digest = hashlib.sha256()
-    for array in arrays:
-        value = np.ascontiguousarray(
-            array.numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    try:
+        stored = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise StudyFileError(
+            f"{path} is not a labelsmooth study.json (not JSON: {err}); use --out NEW, or "
+            "delete the folder to start over"
+        ) from err
+    problem = None
+    if not isinstance(stored, dict):
+        problem = f"it holds {_kind(stored)}, not an object"
+    elif "fingerprint" not in stored:
+        problem = "it has no fingerprint"
+    else:
+        for name, (kind, words) in _STUDY_FIELDS.items():
+            value = stored.get(name)
+            if value is None and name != "fingerprint":
+                continue
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                problem = f"{name} must be {words}, got {_kind(value)}"
+                break
+        else:
+            problem = _study_values_problem(stored)
+    if problem is not None:
+        raise StudyFileError(
+            f"{path} is not a labelsmooth study.json ({problem}); use --out NEW, or delete the "
+            "folder to start over"
         )
-        digest.update(f"{value.shape}{value.dtype}".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()[:16]
+    return stored
+
+
+def _study_values_problem(stored: dict[str, Any]) -> str | None:
+    if not all(isinstance(n, str) for n in stored.get("class_names") or []):
+        return "class_names must be strings"
+    if not all(isinstance(n, str) for n in stored.get("notes") or []):
+        return "notes must be strings"
+    if not all(isinstance(v, dict) for v in (stored.get("settings") or {}).values()):
+        return "settings must map each setting to an object"
+    return config_problem(stored.get("config") or {})
+
+
+def config_problem(config: Any) -> str | None:
+    """What is wrong with the settings of a study.json or a results line that the report
+    uses, or None."""
+    if not isinstance(config, dict):
+        return f"config must be an object, got {_kind(config)}"
+    seeds = config.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(_is_int(s) for s in seeds):
+        return f"config.seeds must be a list of integers, got {_kind(seeds)}"
+    projection = config.get("projection_classes", [0, 1, 2])
+    if (
+        not isinstance(projection, list)
+        or len(projection) != 3
+        or not all(_is_int(c) and c >= 0 for c in projection)
+    ):
+        return f"config.projection_classes must be 3 class indices, got {_kind(projection)}"
+    if config.get("select", "accuracy") not in ("accuracy", "nll", "final"):
+        return f"config.select must be accuracy, nll or final, got {_kind(config.get('select'))}"
+    for name in ("validation_fraction", "n_bins", "epochs", "lr", "width", "depth"):
+        value = config.get(name, 1)
+        if value is not None and not _is_number(value):
+            return f"config.{name} must be a number, got {_kind(value)}"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with one line of results.jsonl, or None (the checks cover every field the
+    report reads, so a tampered line is refused here, not deep inside the analysis)."""
+    if not isinstance(record, dict):
+        return f"it holds {_kind(record)}, not an object"
+    for name in ("key", "experiment", "setting"):
+        if not isinstance(record.get(name), str):
+            return f"{name} must be a string, got {_kind(record.get(name))}"
+    if record.get("status", "ok") not in ("ok", "diverged"):
+        return f"status must be ok or diverged, got {_kind(record.get('status'))}"
+    if not _is_int(record.get("seed")):
+        return f"seed must be an integer, got {_kind(record.get('seed'))}"
+    if not _is_number(record.get("seconds", 0)):
+        return f"seconds must be a number, got {_kind(record.get('seconds'))}"
+    params = record.get("params")
+    if not isinstance(params, dict):
+        return f"params must be an object, got {_kind(params)}"
+    required = _PARAMS.get((record["experiment"], record["setting"]))
+    if required is None and record["experiment"] == "sweep":
+        required = _PARAMS[("sweep", "main")]
+    if required is None:
+        return f"unknown experiment {record['experiment']!r} / setting {record['setting']!r}"
+    for name, allowed in required.items():
+        value = params.get(name)
+        if not (_is_number(value) or (isinstance(value, str) and value in allowed)):
+            return f"params.{name} must be a number, got {_kind(value)}"
+    metrics = record.get("metrics")
+    if metrics is not None and (
+        not isinstance(metrics, dict)
+        or not all(v is None or _is_number(v) for v in metrics.values())
+    ):
+        return "metrics must be an object of numbers (or null)"
+    if metrics is None and record.get("status", "ok") == "ok":
+        return "a finished run (status ok) needs metrics"
+    if "config" in record:
+        return config_problem(record["config"])
+    return None
+
+
+# The params each kind of run has; a string value is allowed only where listed.
+_PARAMS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
+    ("sweep", "main"): {"eps": (), "style": ("none", "uniform", "others")},
+    ("noise", "main"): {"noise": (), "eps": ()},
+    ("distillation", "teacher"): {"teacher_eps": ()},
+    ("distillation", "student"): {"teacher_eps": ("labels",), "temperature": ()},
+    ("multilabel", "main"): {"eps": (), "style": ("none", "uniform", "others")},
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,13 +417,21 @@ class ResultStore:
         self.path = self.directory / "results.jsonl"
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
-            for number, line in enumerate(self.path.read_text().splitlines(), start=1):
+            for number, line in enumerate(_read_text(self.path).splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
-                    self.records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{self.path}: line {number} is not JSON ({err})") from err
+                    problem: str | None = f"not JSON ({err})"
+                else:
+                    problem = _record_problem(record)
+                if problem is not None:
+                    raise StudyFileError(
+                        f"{self.path}: line {number} is not a labelsmooth result: {problem}; "
+                        "delete that line to recompute the run"
+                    )
+                self.records.append(record)
         self._by_key = {record["key"]: record for record in self.records}
 
     def __contains__(self, key: str) -> bool:
@@ -280,12 +466,32 @@ class ResultStore:
             return self._memory_arrays[key]
         path = self.arrays_path(key)
         if not path.exists():
-            raise FileNotFoundError(
+            raise StudyFileError(
                 f"{path}: the arrays of run {key!r} are missing; delete the "
                 f"run from results.jsonl to recompute it"
             )
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return _Arrays(path, key, {name: archive[name] for name in archive.files})
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            raise StudyFileError(
+                f"{path}: the arrays of run {key!r} cannot be read ({err}); delete the run "
+                "from results.jsonl to recompute it"
+            ) from err
+
+
+class _Arrays(dict):
+    """The arrays of one run; a missing one is a one-line :class:`StudyFileError`."""
+
+    def __init__(self, path: Path, key: str, arrays: dict[str, np.ndarray]) -> None:
+        super().__init__(arrays)
+        self.path, self.key = path, key
+
+    def __missing__(self, name: str) -> np.ndarray:
+        raise StudyFileError(
+            f"{self.path}: the arrays of run {self.key!r} lack {name!r}; delete the run from "
+            "results.jsonl to recompute it"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +575,7 @@ def _worker_init(config: StudyConfig, directory: str, threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
     from .experiments import plan
-    from .main import prepare_data
+    from .prepare import prepare_data
 
     data, _ = prepare_data(config)
     _WORKER_RUNS.update({run.key: run for run in plan(data, config).runs})
