@@ -240,6 +240,7 @@ def _worker_jobs(world: int) -> list[tuple[str, Callable[[int, int], None]]]:
     for index in range(6):
         jobs.append((f"linear {index}", lambda r, w, i=index: _check_linear(r, sizes, i)))
     jobs.append(("errors are raised on every rank", lambda r, w: _check_errors(r, w, sizes)))
+    jobs.append(("arguments agree across ranks", lambda r, w: _check_agreement(r, w, sizes)))
     if world == 4:
         jobs.append(("subgroup", lambda r, w: _check_subgroup(r)))
     return jobs
@@ -355,11 +356,12 @@ def _check_errors(rank: int, world: int, sizes: list[int]) -> None:
     if world > 1 and min(sizes) > 0:
         local_prior = torch.full((sizes[rank],), 1.0 / sizes[rank], dtype=torch.float64)
         _expect_error("sum to 1 over the whole vocabulary", lambda: loss(prior=local_prior))
-    # A bad shard on the last rank only: that rank names it, the others raise too.
+    # A bad shard on the last rank only: that rank names it, the others raise too and repeat
+    # its message.
     bad = torch.ones(sizes[rank] + (1 if rank == world - 1 else 0), dtype=torch.float64)
-    match = "weight must be this rank's shard" if rank == world - 1 else "rejected their arguments"
-    if world == 1:
-        match = "weight must be this rank's shard"
+    match = "weight must be this rank's shard"
+    if rank != world - 1:
+        match = rf"rank {world - 1} rejected its arguments: ValueError: {match}"
     _expect_error(match, lambda: loss(weight=bad))
     if world > 1:
         # The batch must be replicated: a different target on rank 1 is caught on every rank,
@@ -377,6 +379,106 @@ def _check_errors(rank: int, world: int, sizes: list[int]) -> None:
     )
     # After all of these the ranks are still in step.
     torch.testing.assert_close(loss(), ls.cross_entropy(logits, target, 0.1), **TOL)
+
+
+# One rank's argument, valid on its own, that differs from the other ranks': (name, value on
+# the last rank, value elsewhere). Each would give every rank a different loss.
+DIFFERENT = [
+    ("eps", 0.2, 0.1),
+    ("eps", 0.1 + 1e-15, 0.1),  # float64 is compared exactly
+    ("style", "others", "uniform"),
+    ("ignore_index", 1, -100),
+    ("reduction", "sum", "mean"),
+    ("return_nll", True, False),
+    ("validate", False, True),
+]
+# One rank's argument that is invalid: (name, value on the last rank, its error, its match).
+INVALID = [
+    ("eps", "0.1", TypeError, "eps must be a real number"),
+    ("eps", float("nan"), ValueError, "eps must be finite"),
+    ("style", "fairseq", ValueError, "style must be one of"),
+    ("reduction", "avg", ValueError, "reduction must be one of"),
+    ("ignore_index", 1.5, TypeError, "ignore_index must be an int"),
+    ("return_nll", 1, TypeError, "return_nll must be a bool"),
+    ("validate", "yes", TypeError, "validate must be a bool"),
+    ("target", [0, 1, 2, 1], TypeError, "target must be a torch.Tensor"),
+    ("target", "float", TypeError, "target must hold integer class indices"),
+    ("local_logits", "long", TypeError, "local_logits must be a floating-point tensor"),
+    ("local_logits", [1.0], TypeError, "local_logits must be a torch.Tensor"),
+]
+
+
+def _expect_raises(error: type[Exception], match: str, fn: Callable[[], object]) -> None:
+    with pytest.raises(error, match=match):
+        fn()
+
+
+def _check_agreement(rank: int, world: int, sizes: list[int]) -> None:
+    """Scalar arguments that differ between ranks, or are invalid on one rank, raise everywhere.
+
+    Under the old code a difference gave each rank its own loss silently, and an invalid
+    argument raised on its rank before the first collective, leaving the others waiting (here:
+    until the gloo timeout, then out of step); every check below would then fail.
+    """
+    num_classes = sum(sizes)
+    start = _offsets(sizes)[rank]
+    g = torch.Generator().manual_seed(9)
+    logits = torch.randn(4, num_classes, generator=g, dtype=torch.float64)
+    local = logits[:, start : start + sizes[rank]]
+    target = torch.tensor([0, num_classes - 1, 2, 1])
+    last = rank == world - 1
+    base = {"eps": 0.1, "local_logits": local, "target": target}
+
+    def call(**changes):
+        kwargs = {**base, **changes}
+        return lsd.vocab_parallel_cross_entropy(
+            kwargs.pop("local_logits"), kwargs.pop("target"), kwargs.pop("eps"), **kwargs
+        )
+
+    if world > 1:
+        for name, mine, theirs in DIFFERENT:
+            _expect_error(
+                rf"{name} must be the same on every rank .*rank {world - 1}: ",
+                lambda n=name, a=mine, b=theirs: call(**{n: a if last else b}),
+            )
+    for name, value, error, match in INVALID:
+        if value == "float":
+            value = target.float()
+        elif value == "long":
+            value = local.long()
+        if last:
+            _expect_raises(error, match, lambda n=name, v=value: call(**{n: v}))
+        else:
+            _expect_error(
+                rf"rank {world - 1} rejected its arguments: {error.__name__}: {match}",
+                lambda: call(),
+            )
+    # The linear variant goes through the same exchange.
+    hidden = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    proj = torch.randn(num_classes, 3, generator=g, dtype=torch.float64)
+    proj = proj[start : start + sizes[rank]]
+
+    def linear(local_weight=proj, eps=0.1, **kwargs):
+        return lsd.vocab_parallel_linear_cross_entropy(hidden, local_weight, target, eps, **kwargs)
+
+    if world > 1:
+        _expect_error(
+            "eps must be the same on every rank", lambda: linear(eps=0.3 if last else 0.1)
+        )
+        _expect_error(
+            "reduction must be the same on every rank",
+            lambda: linear(reduction="none" if last else "mean"),
+        )
+    match = "local_weight must have shape"
+    if not last:
+        match = rf"rank {world - 1} rejected its arguments: ValueError: {match}"
+    _expect_error(match, lambda: linear(local_weight=proj[:, :2] if last else proj))
+    match = "reduction must be one of"
+    if not last:
+        match = rf"rank {world - 1} rejected its arguments: ValueError: {match}"
+    _expect_error(match, lambda: linear(reduction="avg" if last else "mean"))
+    # After all of these the ranks are still in step.
+    torch.testing.assert_close(call(), ls.cross_entropy(logits, target, 0.1), **TOL)
 
 
 def _check_subgroup(rank: int) -> None:
@@ -495,11 +597,51 @@ def test_all_ignored_mean_is_zero_with_zero_gradient():
 
 
 def test_double_backward_is_refused():
+    # create_graph=True raises at once: a gradient without a graph would make a gradient
+    # penalty silently vanish (the penalty's backward would add nothing).
     logits = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     loss = lsd.vocab_parallel_cross_entropy(logits, torch.tensor([0, 2]), 0.1)
-    (grad,) = torch.autograd.grad(loss, logits, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable"):
-        grad.sum().backward()
+    with pytest.raises(RuntimeError, match="first-order only.*impl='torch'"):
+        torch.autograd.grad(loss, logits, create_graph=True)
+    hidden = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    proj = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    loss = lsd.vocab_parallel_linear_cross_entropy(hidden, proj, torch.tensor([0, 2]), 0.1)
+    with pytest.raises(RuntimeError, match="first-order only"):
+        torch.autograd.grad(loss, proj, create_graph=True)
+    # First-order gradients are unaffected, also with retain_graph=True.
+    loss = lsd.vocab_parallel_linear_cross_entropy(hidden, proj, torch.tensor([0, 2]), 0.1)
+    first = torch.autograd.grad(loss, (hidden, proj), retain_graph=True)
+    second = torch.autograd.grad(loss, (hidden, proj))
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_single_process_runs_no_collective(monkeypatch):
+    """Without a process group the checks and the loss call no collective at all."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a collective was called without a process group")
+
+    for name in ("all_gather", "all_reduce", "all_gather_object", "broadcast", "barrier"):
+        monkeypatch.setattr(dist, name, refuse)
+    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 4, 2])
+    lsd.vocab_parallel_cross_entropy(logits, target, 0.1, return_nll=True)[0].backward()
+    hidden = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    proj = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    lsd.vocab_parallel_linear_cross_entropy(hidden, proj, target, 0.1).backward()
+    with pytest.raises(ValueError, match="style must be one of"):
+        lsd.vocab_parallel_cross_entropy(logits, target, 0.1, style="x")
+
+
+def test_error_message_round_trip():
+    """The message a rejecting rank sends through the check vector: UTF-8, cut with '...'."""
+    assert lsd._decode_message(lsd._encode_message("eps must be finite, got eps=nan")) == (
+        "eps must be finite, got eps=nan"
+    )
+    long = "prior ≥ 0 " * 100
+    text = lsd._decode_message(lsd._encode_message(long))
+    assert text.endswith("...") and long.startswith(text[:-3]) and len(text.encode()) <= 512
 
 
 X = torch.randn(4, 5)

@@ -530,7 +530,7 @@ def test_auto_on_a_large_problem_equals_reference():
         ({"z_loss": -1e-4}, ValueError, r"z_loss must be finite and >= 0.*got z_loss=-0.0001"),
         ({"z_loss": float("inf")}, ValueError, r"z_loss must be finite"),
         ({"z_loss": "1e-4"}, TypeError, r"z_loss must be a real number"),
-        ({"softcap": 0.0}, ValueError, r"softcap must be None \(off\) or a finite number > 0"),
+        ({"softcap": 0.0}, ValueError, r"softcap must be None \(off\) or a number in \(0, "),
         ({"softcap": -30.0}, ValueError, r"got softcap=-30.0"),
         ({"softcap": float("nan")}, ValueError, r"softcap must be None"),
         ({"softcap": "30"}, TypeError, r"softcap must be None or a real number"),

@@ -16,7 +16,10 @@ import sys
 import textwrap
 
 import pytest
+import torch
+import torch.nn.functional as F
 
+import labelsmooth as ls
 from labelsmooth import kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +66,7 @@ def test_triton_never_reads_an_out_of_range_target_column():
         """
         import torch, labelsmooth as ls
         logits = torch.randn(4, 5)
-        for bad in (5, 100_000_000):
+        for bad in (5, 100_000_000, -1):  # -1 is not ignore_index (-100): out of range
             x = logits.clone().requires_grad_(True)
             target = torch.tensor([0, 1, 2, bad])
             loss = ls.cross_entropy(x, target, impl="triton", validate=False, reduction="none")
@@ -83,19 +86,65 @@ def test_triton_never_reads_an_out_of_range_target_column():
 
 def test_shared_temporary_fallback_is_used_only_when_private(tmp_path, monkeypatch):
     """A library in a fallback directory another user can write to is never loaded."""
-    from labelsmooth.kernels import cpu_ce
+    from labelsmooth.kernels import _build
 
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    assert not cpu_ce._private(shared)
+    with pytest.raises(PermissionError, match="writable by group or others"):
+        _build.open_private_dir(shared)
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    assert cpu_ce._private(private) and cpu_ce._private(tmp_path / "absent")
+    os.close(_build.open_private_dir(private))
+    absent = tmp_path / "absent"
+    os.close(_build.open_private_dir(absent))  # created, mode 0700
+    assert absent.stat().st_mode & 0o777 == 0o700
 
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     monkeypatch.setenv("LABELSMOOTH_CACHE_DIR", str(blocker / "cache"))  # cannot be created
-    monkeypatch.setattr(cpu_ce, "_fallback_dir", lambda: shared)
-    with pytest.raises(RuntimeError, match="owned or writable by another user; not used"):
-        cpu_ce._build()
+    monkeypatch.setattr(_build, "fallback_dir", lambda: shared)
+    with pytest.raises(RuntimeError, match="writable by group or others .*; not used"):
+        _build.load([("x.so", [])], "c++", "", lambda lib: None)
+
+
+@pytest.mark.parametrize("impl", ["reference", "torch", "chunked", "compiled", "auto"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_unchecked_negative_target_is_neither_a_class_nor_ignored(impl, weighted, reduction):
+    """validate=False: a -1 that is not ignore_index used to be ignored by the fused kernels
+    but counted in the "mean" denominator, taken as the last class by weight[-1], and raised
+    in the torch path. Now every implementation treats it as out of range (raises on CPU)."""
+    if impl == "compiled" and not kernels.compiled_available():
+        pytest.skip("the C++ kernel does not build here")
+    k = 5 if impl != "auto" else kernels.AUTO_MIN_ELEMENTS // 8 + 1  # auto: a kernel
+    logits = torch.randn(8, k, requires_grad=True)
+    target = torch.tensor([0, 1, -1, 3, 4, 2, 1, 0])
+    weight = torch.rand(k) + 0.5 if weighted else None
+    kwargs = dict(weight=weight, reduction=reduction, impl=impl, validate=False)
+    with pytest.raises((ValueError, IndexError, RuntimeError), match="(?i)index|class|bounds"):
+        ls.cross_entropy(logits, target, **kwargs).sum().backward()
+    # The same value as ignore_index is ignored, as documented.
+    loss = ls.cross_entropy(logits, target, ignore_index=-1, **kwargs)
+    expected = F.cross_entropy(
+        logits, target, weight=weight, ignore_index=-1, label_smoothing=0.1, reduction=reduction
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_power_of_two_upstream_gradient_is_exact_in_half_precision(impl, dtype):
+    """A bf16/fp16 fused gradient is rounded once for loss.backward(); a power-of-two factor
+    (gradient accumulation) rescales it exactly (documented in labelsmooth.kernels.fused)."""
+    if impl == "compiled" and not kernels.compiled_available():
+        pytest.skip("the C++ kernel does not build here")
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.randn(64, 300, generator=generator) * 3).to(dtype)
+    target = torch.randint(0, 300, (64,), generator=generator)
+    grads = []
+    for scale in (1.0, 0.25):
+        x = logits.clone().requires_grad_(True)
+        (ls.cross_entropy(x, target, impl=impl) * scale).backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[1], grads[0] * 0.25)

@@ -89,3 +89,25 @@ def test_training_step_reduces_the_loss():
         criterion(model(inputs), target).backward()
         optimiser.step()
     assert criterion(model(inputs), target).item() < first - 0.1
+
+
+def test_linear_module_refuses_create_graph_unless_reference():
+    # The module's default (chunked) path has a hand-written, first-order backward: a gradient
+    # penalty through it must raise instead of silently dropping the penalty's gradient.
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    target = torch.tensor([1, 2, 3, -100, 5, 9])
+
+    def penalised(criterion):
+        weight = torch.randn(10, 4, generator=torch.Generator().manual_seed(3))
+        weight = weight.double().requires_grad_()
+        loss = criterion(hidden, weight, target)
+        (grad,) = torch.autograd.grad(loss, weight, create_graph=True)
+        (loss + grad.square().sum()).backward()
+        return weight.grad
+
+    with pytest.raises(RuntimeError, match="first-order only.*impl='reference'"):
+        penalised(ls.nn.LinearLabelSmoothingCrossEntropy(0.1))
+    got = penalised(ls.nn.LinearLabelSmoothingCrossEntropy(0.1, impl="reference"))
+    expected = penalised(lambda h, w, t: ls.cross_entropy(F.linear(h, w), t, 0.1, impl="torch"))
+    torch.testing.assert_close(got, expected)

@@ -116,9 +116,15 @@ def check_softcap(softcap: object) -> float | None:
     if isinstance(softcap, bool) or not isinstance(softcap, Real):
         raise TypeError(f"softcap must be None or a real number, got softcap={softcap!r}")
     value = float(softcap)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"softcap must be None (off) or a finite number > 0, got softcap={value}")
+    if not math.isfinite(value) or value <= 0 or value > _FLOAT32_MAX:
+        raise ValueError(
+            f"softcap must be None (off) or a number in (0, {_FLOAT32_MAX:.4g}] (the float32 "
+            f"range the loss is computed in), got softcap={value}"
+        )
     return value
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def check_logits(input: object, name: str = "input") -> Tensor:
@@ -181,6 +187,33 @@ def check_prior(
     return tensor.to(dtype)
 
 
+def check_broadcastable(name: str, value: Tensor, shape: torch.Size) -> None:
+    """``value`` broadcasts to ``shape`` without changing it (PyTorch's rule for the weights of
+    the binary loss), else a ValueError naming both shapes."""
+    try:
+        result = torch.broadcast_shapes(value.shape, shape)
+    except RuntimeError:
+        result = None
+    if result != shape:
+        raise ValueError(
+            f"{name} must be broadcastable to the input's shape {tuple(shape)}, "
+            f"got shape {tuple(value.shape)}"
+        )
+
+
+def check_float_dtype(name: str, dtype: object) -> torch.dtype:
+    """``dtype`` (default: ``torch.get_default_dtype()``) must be a floating torch dtype."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype, got {name}={dtype!r}")
+    if not dtype.is_floating_point:
+        raise TypeError(
+            f"{name} must be a floating dtype (smoothed targets are fractions), got {name}={dtype}"
+        )
+    return dtype
+
+
 def check_weight(
     weight: object,
     num_classes: int,
@@ -190,7 +223,19 @@ def check_weight(
 ) -> Tensor | None:
     if weight is None:
         return None
-    return as_float_vector(name, weight, num_classes, device, dtype)
+    tensor = as_float_vector(name, weight, num_classes, device, dtype)
+    check_finite_vector(name, tensor)
+    return tensor
+
+
+def check_finite_vector(name: str, tensor: Tensor) -> None:
+    """Every entry finite (host sync; skipped while torch.compile traces)."""
+    if torch.compiler.is_compiling() or tensor.numel() == 0:
+        return
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"{name} must be finite, got {float(tensor[index])} at class {index}")
 
 
 def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | None) -> None:

@@ -35,16 +35,26 @@ i.e. ``softmax_local * sum(w * t~) - (w * t~)_local``, scaled by the reduction.
 
 Collectives per call (only ones that gloo and NCCL both support):
 
-* forward: one ``all_gather`` of a small float64 vector per rank (shard size, row count and
-  argument checks, so that a bad argument raises on every rank instead of leaving the others
-  waiting), one ``all_reduce(MAX)`` of the row maxima (M values) and one ``all_reduce(SUM)`` of
-  four numbers per row (:math:`S`, :math:`\sum_c \kappa_c z_c`, :math:`z_y` and :math:`w_y`
-  from the rank owning y, zero elsewhere);
+* forward: one ``all_gather`` of a small float64 vector per rank (81 values, 648 bytes: shard
+  size, row count, a target checksum, the scalar arguments eps, style, ignore_index, reduction,
+  return_nll and validate, an error flag and the start of the error message), then one host
+  sync to read it. Every argument is checked *before* this collective and a rejection travels
+  through it, so a bad argument on one rank raises on every rank (the others say which rank
+  rejected what) instead of leaving them waiting in the next collective; and scalar arguments
+  that differ between ranks (which would give each rank a different loss) raise ``ValueError``
+  on every rank, naming the argument and each rank's value. Then one ``all_reduce(MAX)`` of the
+  row maxima (M values) and one ``all_reduce(SUM)`` of four numbers per row (:math:`S`,
+  :math:`\sum_c \kappa_c z_c`, :math:`z_y` and :math:`w_y` from the rank owning y, zero
+  elsewhere);
 * backward: none for :func:`vocab_parallel_cross_entropy`; one ``all_reduce(SUM)`` of the
   hidden-state gradient for :func:`vocab_parallel_linear_cross_entropy`.
 
 Every rank must call the functions (and ``backward``) in the same order. Without a process
-group (``group=None`` and ``torch.distributed`` not initialised) they run as a single rank.
+group (``group=None`` and ``torch.distributed`` not initialised) they run as a single rank, with
+no collective at all.
+
+First-order only: a backward with ``create_graph=True`` (double backward, e.g. a gradient
+penalty) raises ``RuntimeError`` instead of returning a gradient without a graph.
 """
 
 from __future__ import annotations
@@ -56,18 +66,23 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from . import _checks
 from .targets import smoothing_coefficients
 
 __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
-# Layout of the vector that every rank contributes to the one all_gather of a call.
+# Layout of the float64 vector that every rank contributes to the one all_gather of a call:
+# shard facts, the scalar arguments that must agree across ranks, and (from a rank that rejected
+# its arguments, whose _OK is 0) the start of its error message as UTF-8 bytes.
 _SHARD, _ROWS, _OK, _HAS_PRIOR, _HAS_WEIGHT = 0, 1, 2, 3, 4
 _PRIOR_SUM, _WEIGHT_SUM, _WEIGHT_PRIOR_SUM, _TARGET_SUM, _TARGET_MIX, _DTYPE = 5, 6, 7, 8, 9, 10
-_INFO_SIZE = 11
+_EPS, _STYLE, _IGNORE_INDEX, _REDUCTION, _RETURN_NLL, _VALIDATE = 11, 12, 13, 14, 15, 16
+_MESSAGE = 17
+_MESSAGE_BYTES = 512  # 64 float64 slots
+_INFO_SIZE = _MESSAGE + _MESSAGE_BYTES // 8
 _CHECKSUM_PERIOD = 1009
+_INT64_RANGE = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,72 @@ class _Comm:
         return torch.stack(parts)
 
 
+def _collective_device(comm: _Comm, *candidates: object) -> torch.device:
+    """Where the checks' tensor must live: the first tensor argument's device, else (an argument
+    that is not a tensor) the device the group's backend needs."""
+    for candidate in candidates:
+        if isinstance(candidate, Tensor):
+            return candidate.device
+    if comm.world > 1 and dist.get_backend(comm.group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _argument_info(
+    eps: float, style: str, ignore_index: int, reduction: str, return_nll: bool, validate: bool
+) -> Tensor:
+    """The check vector (on the CPU) with _OK set and the checked scalar arguments encoded.
+
+    eps is a float64 (exact for a Python float); ``ignore_index`` is stored as the bits of an
+    int64 (exact; an int beyond int64 matches no target and is clamped); the others as codes.
+    """
+    info = torch.zeros(_INFO_SIZE, dtype=torch.float64)
+    info[_OK] = 1.0
+    info[_EPS] = eps
+    info[_STYLE] = _checks.STYLES.index(style)
+    bits = torch.tensor([min(max(ignore_index, _INT64_RANGE[0]), _INT64_RANGE[1])])
+    info[_IGNORE_INDEX : _IGNORE_INDEX + 1] = bits.view(torch.float64)
+    info[_REDUCTION] = _checks.REDUCTIONS.index(reduction)
+    info[_RETURN_NLL] = float(return_nll)
+    info[_VALIDATE] = float(validate)
+    return info
+
+
+def _encode_message(text: str) -> Tensor:
+    """``text`` as UTF-8 bytes in float64 slots: zero padded, cut to ``_MESSAGE_BYTES``."""
+    data = text.encode("utf-8")
+    if len(data) > _MESSAGE_BYTES:
+        data = data[: _MESSAGE_BYTES - 3] + b"..."
+    data = data.ljust(_MESSAGE_BYTES, b"\0")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(torch.float64).clone()
+
+
+def _decode_message(slots: Tensor) -> str:
+    data = bytes(slots.contiguous().view(torch.uint8).tolist()).rstrip(b"\0")
+    return data.decode("utf-8", errors="ignore")  # a character cut in two is dropped
+
+
+def _check_same_arguments(gathered: Tensor) -> None:
+    """Every rank passed the same eps, style, ignore_index, reduction, return_nll, validate.
+
+    ``gathered`` is the (world, _INFO_SIZE) table of the all_gather; all ranks see the same
+    table, so all raise the same ``ValueError`` (naming the argument and each rank's value).
+    """
+    ignore = gathered[:, _IGNORE_INDEX].contiguous().view(torch.int64).tolist()
+    columns = {
+        "eps": gathered[:, _EPS].tolist(),
+        "style": [repr(_checks.STYLES[int(c)]) for c in gathered[:, _STYLE].tolist()],
+        "ignore_index": ignore,
+        "reduction": [repr(_checks.REDUCTIONS[int(c)]) for c in gathered[:, _REDUCTION].tolist()],
+        "return_nll": [bool(c) for c in gathered[:, _RETURN_NLL].tolist()],
+        "validate": [bool(c) for c in gathered[:, _VALIDATE].tolist()],
+    }
+    for name, values in columns.items():
+        _checks.check_same_across_ranks(
+            name, values, "a scalar argument of the vocab-parallel loss"
+        )
+
+
 def _comm(group: object) -> _Comm:
     if group is None and not (dist.is_available() and dist.is_initialized()):
         return _Comm(None, 1, 0)
@@ -108,10 +189,26 @@ def _comm(group: object) -> _Comm:
     return _Comm(group, world, rank)
 
 
+def _refuse_create_graph() -> None:
+    """Raises inside a custom backward run with ``create_graph=True`` (grad mode is then on).
+
+    The hand-written backward is not itself differentiable (its second derivative would couple
+    the shards of every rank), so its result would silently carry no graph and a gradient
+    penalty built on it would be dropped without an error.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "vocab_parallel_cross_entropy and vocab_parallel_linear_cross_entropy are "
+            "first-order only: backward with create_graph=True (double backward, e.g. a "
+            "gradient penalty) is not supported; for higher-order gradients gather the full "
+            "logits and use labelsmooth.cross_entropy(..., impl='torch')"
+        )
+
+
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """Per-row (loss, weighted nll, w_y) of the concatenated logits; backward is local.
 
-    The backward (no collective) is differentiable once: double backward raises.
+    First-order only: a backward with ``create_graph=True`` raises (see `_refuse_create_graph`).
     """
 
     @staticmethod
@@ -170,13 +267,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return loss, nll, w_y
 
     @staticmethod
-    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         grad_loss: Tensor,
         grad_nll: Tensor,
         _grad_w_y: Tensor,
     ) -> tuple[Tensor | None, ...]:
+        _refuse_create_graph()
         logits, lse, local_index, owned, valid, w_y = ctx.saved_tensors  # type: ignore[attr-defined]
         alpha: float = ctx.alpha  # type: ignore[attr-defined]
         kappa: float | Tensor = ctx.kappa  # type: ignore[attr-defined]
@@ -215,6 +312,7 @@ class _CopyToVocabParallel(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad: Tensor
     ) -> tuple[Tensor, None]:
+        _refuse_create_graph()  # the all_reduce below is not recorded by autograd
         comm: _Comm = ctx.comm  # type: ignore[attr-defined]
         if comm.world > 1:
             grad = comm.all_reduce(grad.contiguous().clone(), "sum")
@@ -260,9 +358,11 @@ def vocab_parallel_cross_entropy(
     allowed (generalised label smoothing; the loss is then unbounded below).
 
     Every rank must pass the same ``target``, ``eps``, ``style``, ``ignore_index``,
-    ``reduction`` and ``return_nll``; a rank whose arguments are rejected makes every rank
-    raise (none is left waiting in a collective). There is no gradient for ``weight`` and
-    ``prior``.
+    ``reduction``, ``return_nll`` and ``validate``: one small ``all_gather`` checks it, and a
+    difference raises ``ValueError`` on every rank. A rank whose arguments are rejected raises
+    its own error and makes every other rank raise ``ValueError`` ("rank r rejected its
+    arguments: ..."), so none is left waiting in a collective. There is no gradient for
+    ``weight`` and ``prior``, and no double backward (``create_graph=True`` raises).
 
     Args:
         local_logits: this rank's logits, shape (..., V_r) — class dimension last; any
@@ -300,13 +400,13 @@ def vocab_parallel_cross_entropy(
         tensor(0.5047)
     """
     comm = _comm(group)
-    local_logits = _checks.check_logits(local_logits, "local_logits")
     local_error: Exception | None = None
     try:
+        _checks.check_logits(local_logits, "local_logits")
         if local_logits.dim() == 0:
             raise ValueError("local_logits must have a last (class) dimension, got a 0-dim tensor")
         _checks.check_index_target(target, local_logits.shape[:-1], "local_logits")
-    except (TypeError, ValueError) as err:
+    except Exception as err:  # reported through the checks' collective: see _vocab_parallel_loss
         local_error = err
     return _vocab_parallel_loss(
         local_logits if local_error is None else None,
@@ -320,8 +420,8 @@ def vocab_parallel_cross_entropy(
         return_nll=return_nll,
         validate=validate,
         comm=comm,
-        device=local_logits.device,
-        dtype=local_logits.dtype,
+        device=_collective_device(comm, local_logits, target),
+        dtype=local_logits.dtype if local_error is None else torch.float32,
         local_error=local_error,
     )
 
@@ -384,10 +484,10 @@ def vocab_parallel_linear_cross_entropy(
         True
     """
     comm = _comm(group)
-    hidden = _checks.check_logits(hidden, "hidden")
     local_error: Exception | None = None
     local_logits: Tensor | None = None
     try:
+        _checks.check_logits(hidden, "hidden")
         if hidden.dim() == 0:
             raise ValueError("hidden must have a last (feature) dimension, got a 0-dim tensor")
         _checks.check_logits(local_weight, "local_weight")
@@ -410,10 +510,9 @@ def vocab_parallel_linear_cross_entropy(
                     f"of local_weight), got shape {tuple(local_bias.shape)}"
                 )
         _checks.check_index_target(target, hidden.shape[:-1], "hidden")
-    except (TypeError, ValueError) as err:
-        local_error = err
-    else:
         local_logits = F.linear(_CopyToVocabParallel.apply(hidden, comm), local_weight, local_bias)
+    except Exception as err:  # reported through the checks' collective: see _vocab_parallel_loss
+        local_error, local_logits = err, None
     return _vocab_parallel_loss(
         local_logits,
         target,
@@ -426,8 +525,8 @@ def vocab_parallel_linear_cross_entropy(
         return_nll=return_nll,
         validate=validate,
         comm=comm,
-        device=hidden.device,
-        dtype=hidden.dtype if local_logits is None else local_logits.dtype,
+        device=_collective_device(comm, hidden, target),
+        dtype=torch.float32 if local_logits is None else local_logits.dtype,
         local_error=local_error,
     )
 
@@ -454,55 +553,69 @@ def _vocab_parallel_loss(
     ``local_logits`` is ``None`` when this rank already rejected its arguments
     (``local_error``); it still joins the all_gather so that every rank raises.
     """
-    # Arguments that are the same on every rank by construction raise at once.
-    _checks.check_index_dtype(target)
-    style = _checks.check_style(style)
-    reduction = _checks.check_reduction(reduction)
-    return_nll = _checks.check_flag("return_nll", return_nll)
-    validate = _checks.check_flag("validate", validate)
-    ignore_index = _checks.check_int("ignore_index", ignore_index)
-    compute = _checks.compute_dtype(dtype)
-
-    # Arguments that depend on the shard are checked here and reported through the gather;
-    # eps (the same on every rank) is checked after it, against the global vocabulary size.
-    shard = 0 if local_logits is None else local_logits.shape[-1]
+    # Every argument is checked before the one collective of the checks, and a rejection is
+    # sent through it (error flag and message) instead of raised at once: the rank that rejected
+    # its arguments still joins the all_gather, so every rank raises and none is left waiting in
+    # a later collective. eps is checked against the global vocabulary size after the gather.
     prior_t = weight_t = None
     if local_error is None:
         try:
+            _checks.check_index_dtype(target)
+            style = _checks.check_style(style)
+            reduction = _checks.check_reduction(reduction)
+            return_nll = _checks.check_flag("return_nll", return_nll)
+            validate = _checks.check_flag("validate", validate)
+            ignore_index = _checks.check_int("ignore_index", ignore_index)
+            eps = _checks.check_real("eps", eps)
+            assert local_logits is not None
+            shard = local_logits.shape[-1]
+            compute = _checks.compute_dtype(dtype)
             prior_t = _checks.check_prior_shard(prior, shard, comm.rank, style, device, compute)
             weight_t = _checks.check_shard_vector(
                 "weight", weight, shard, comm.rank, device, compute
             )
-        except (TypeError, ValueError) as err:
+        except Exception as err:  # any local failure, not only bad values, must reach the others
             local_error = err
-    info = torch.zeros(_INFO_SIZE, dtype=torch.float64, device=device)
-    info[_SHARD] = shard
-    info[_ROWS] = target.numel()
-    info[_OK] = float(local_error is None)
-    info[_HAS_PRIOR] = float(prior is not None)
-    info[_HAS_WEIGHT] = float(weight is not None)
-    info[_DTYPE] = 64.0 if compute == torch.float64 else 32.0
-    if prior_t is not None:
-        info[_PRIOR_SUM] = prior_t.to(torch.float64).sum()
-    if weight_t is not None:
-        info[_WEIGHT_SUM] = weight_t.to(torch.float64).sum()
+    if local_error is None:
+        info = _argument_info(eps, style, ignore_index, reduction, return_nll, validate)
+        info[_SHARD] = shard
+        info[_ROWS] = target.numel()
+        info[_HAS_PRIOR] = float(prior is not None)
+        info[_HAS_WEIGHT] = float(weight is not None)
+        info[_DTYPE] = 64.0 if compute == torch.float64 else 32.0
+        info = info.to(device)
         if prior_t is not None:
-            info[_WEIGHT_PRIOR_SUM] = (weight_t.to(torch.float64) * prior_t).sum()
-    if validate and target.numel():
-        flat = target.reshape(-1).to(torch.int64)
-        mix = torch.arange(flat.numel(), device=device) % _CHECKSUM_PERIOD + 1
-        info[_TARGET_SUM] = flat.sum().to(torch.float64)
-        info[_TARGET_MIX] = (flat * mix).sum().to(torch.float64)
-    table = comm.all_gather(info).cpu().tolist()  # the one host sync of the checks
+            info[_PRIOR_SUM] = prior_t.to(torch.float64).sum()
+        if weight_t is not None:
+            info[_WEIGHT_SUM] = weight_t.to(torch.float64).sum()
+            if prior_t is not None:
+                info[_WEIGHT_PRIOR_SUM] = (weight_t.to(torch.float64) * prior_t).sum()
+        if validate and target.numel():
+            flat = target.reshape(-1).to(torch.int64)
+            mix = torch.arange(flat.numel(), device=device) % _CHECKSUM_PERIOD + 1
+            info[_TARGET_SUM] = flat.sum().to(torch.float64)
+            info[_TARGET_MIX] = (flat * mix).sum().to(torch.float64)
+    elif comm.world == 1:
+        raise local_error  # nobody to tell
+    else:
+        info = torch.zeros(_INFO_SIZE, dtype=torch.float64)
+        info[_MESSAGE:] = _encode_message(f"{type(local_error).__name__}: {local_error}")
+        info = info.to(device)  # _OK stays 0: this rank rejected its arguments
+    gathered = comm.all_gather(info).cpu()  # the one host sync of the checks
+    table = gathered.tolist()
 
     if local_error is not None:
         raise local_error
     rejected = [r for r, row in enumerate(table) if row[_OK] == 0]
     if rejected:
-        raise ValueError(
-            f"rank(s) {rejected} of the group rejected their arguments (their error names the "
-            f"argument); every rank raises so that none waits in a collective"
+        reasons = "; ".join(
+            f"rank {r} rejected its arguments: {_decode_message(gathered[r, _MESSAGE:])}"
+            for r in rejected
         )
+        raise ValueError(f"{reasons} (every rank raises, so that none waits in a collective)")
+    _check_same_arguments(gathered)
+    assert local_logits is not None and isinstance(style, str) and isinstance(reduction, str)
+    assert isinstance(ignore_index, int)
     column = [[row[i] for row in table] for i in range(_INFO_SIZE)]
     _checks.check_same_across_ranks(
         "target", [int(n) for n in column[_ROWS]], "number of elements per rank"
@@ -534,7 +647,6 @@ def _vocab_parallel_loss(
         _checks.check_prior_total(sum(column[_PRIOR_SUM]))
     if validate:
         _checks.check_class_indices(target, num_classes, ignore_index)
-    assert local_logits is not None
 
     # kappa_c = w_c * b_c on this shard, and its total C over the vocabulary.
     alpha, offset = smoothing_coefficients(eps, num_classes, style, prior_t)

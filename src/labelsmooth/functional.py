@@ -9,16 +9,19 @@ accumulates in float32 whatever the input dtype (float64 stays float64).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, kernels
+from ._composite import closed_form as _closed_form
+from ._composite import reference as _reference
+from ._problem import CrossEntropyProblem, Implementation
+from ._problem import prepare as _prepare
 from .kernels.linear import linear_cross_entropy
-from .targets import smooth_binary, smooth_labels, smoothing_coefficients
+from .targets import smooth_binary
 
 __all__ = [
     "IMPLS",
@@ -26,137 +29,6 @@ __all__ = [
     "cross_entropy",
     "linear_cross_entropy",
 ]
-
-
-@dataclass(frozen=True)
-class CrossEntropyProblem:
-    """A checked cross-entropy call, flattened to rows: what every implementation receives.
-
-    ``logits`` is (M, K) with the class dimension last, in the caller's dtype. For hard labels
-    ``target`` is (M,) int64 with ignored entries replaced by 0 and ``valid`` marks the rest;
-    for probability targets ``target`` is (M, K) and ``valid`` is ``None``. ``prior`` and
-    ``weight`` are (K,) in ``compute_dtype``. ``z_loss`` (0 = off), ``softcap`` (None = off)
-    and ``inplace`` are the LLM extras of :func:`cross_entropy`.
-    """
-
-    logits: Tensor
-    target: Tensor
-    valid: Tensor | None
-    out_shape: torch.Size
-    num_classes: int
-    eps: float
-    style: str
-    prior: Tensor | None
-    weight: Tensor | None
-    reduction: str
-    kl: bool
-    compute_dtype: torch.dtype
-    z_loss: float = 0.0
-    softcap: float | None = None
-    inplace: bool = False
-
-    @property
-    def soft(self) -> bool:
-        return self.valid is None
-
-
-# An implementation maps a problem to per-row (loss, nll) in compute_dtype; nll may be None when
-# it is not asked for. Rows of ignored targets may hold anything: the caller zeroes them.
-Implementation = Callable[[CrossEntropyProblem, bool], tuple[Tensor, Tensor | None]]
-
-
-def _scale(coefficient: float | Tensor, values: Tensor) -> Tensor:
-    """coefficient * values with 0 * inf := 0 (a zero-mass class contributes nothing)."""
-    if isinstance(coefficient, Tensor):
-        return torch.where(coefficient == 0, 0.0, coefficient * values)
-    if coefficient == 0:
-        return torch.zeros_like(values)
-    return coefficient * values
-
-
-def _dense_cross_entropy(
-    log_probs: Tensor, target: Tensor, weight: Tensor | None, kl: bool
-) -> Tensor:
-    """Per row: sum_c w_c t_c (log t_c - log p_c) with kl, else -sum_c w_c t_c log p_c."""
-    mass = target if weight is None else target * weight
-    terms = _scale(mass, log_probs)
-    if kl:
-        entropy_terms = torch.xlogy(target, target)
-        terms = terms - (entropy_terms if weight is None else entropy_terms * weight)
-    return -terms.sum(-1)
-
-
-def _capped_logits(problem: CrossEntropyProblem) -> Tensor:
-    """Logits in compute dtype, soft-capped to ``softcap * tanh(logits / softcap)`` if asked."""
-    logits = problem.logits.to(problem.compute_dtype)
-    if problem.softcap is not None:
-        logits = problem.softcap * torch.tanh(logits / problem.softcap)
-    return logits
-
-
-def _add_z_loss(loss: Tensor, logits: Tensor, problem: CrossEntropyProblem) -> Tensor:
-    """loss + z_loss * logsumexp(logits)^2 (PaLM's auxiliary z-loss), per row."""
-    if not problem.z_loss:
-        return loss
-    return loss + problem.z_loss * torch.logsumexp(logits, dim=-1).square()
-
-
-def _reference(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Tensor | None]:
-    """The oracle: builds the dense smoothed target and applies the definition literally."""
-    logits = _capped_logits(problem)
-    log_probs = F.log_softmax(logits, dim=-1)
-    if problem.soft:
-        plain = problem.target.to(problem.compute_dtype)
-    else:
-        plain = F.one_hot(problem.target, problem.num_classes).to(problem.compute_dtype)
-    smoothed = smooth_labels(
-        plain, problem.num_classes, problem.eps, style=problem.style, prior=problem.prior
-    )
-    loss = _dense_cross_entropy(log_probs, smoothed, problem.weight, problem.kl)
-    nll = _dense_cross_entropy(log_probs, plain, problem.weight, False) if need_nll else None
-    return _add_z_loss(loss, logits, problem), nll
-
-
-def _closed_form(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Tensor | None]:
-    r"""Hard labels without the dense target.
-
-    With smoothed target alpha*onehot(y) + b (see :func:`smoothing_coefficients`):
-    ``CE = alpha w_y nll_y + sum_c w_c b_c (-log p_c)`` and
-    ``KL = CE + sum_c w_c xlogy(b_c) + w_y [xlogy(alpha + b_y) - xlogy(b_y)]``.
-    Probability targets are dense already and take the reference route.
-    """
-    if problem.soft:
-        return _reference(problem, need_nll)
-    logits = _capped_logits(problem)
-    log_probs = F.log_softmax(logits, dim=-1)
-    nll = -log_probs.gather(1, problem.target.unsqueeze(1)).squeeze(1)
-    weight = problem.weight
-    if weight is not None:
-        nll = _scale(weight[problem.target], nll)
-    if problem.eps == 0:
-        return _add_z_loss(nll, logits, problem), nll
-    alpha, offset = smoothing_coefficients(
-        problem.eps, problem.num_classes, problem.style, problem.prior
-    )
-    loss = _scale(alpha, nll)
-    smoothing = offset if weight is None else offset * weight
-    if isinstance(smoothing, Tensor):
-        # logp = -inf on a class of zero target mass must add 0, not 0 * -inf = nan.
-        if bool((smoothing == 0).any()):
-            log_probs = torch.where(smoothing == 0, 0.0, log_probs)
-        loss = loss - log_probs @ smoothing
-    else:
-        loss = loss - smoothing * log_probs.sum(-1)
-    if problem.kl:
-        dtype, device = problem.compute_dtype, log_probs.device
-        off = torch.as_tensor(offset, dtype=dtype, device=device).expand(problem.num_classes)
-        off_entropy = torch.xlogy(off, off)
-        on_minus_off = torch.xlogy(alpha + off, alpha + off) - off_entropy
-        if weight is not None:
-            off_entropy = off_entropy * weight
-            on_minus_off = on_minus_off * weight
-        loss = loss + off_entropy.sum() + on_minus_off[problem.target]
-    return _add_z_loss(loss, logits, problem), nll
 
 
 # Registry behind `impl=`: the dense oracle, the closed form and the fused kernels
@@ -196,99 +68,6 @@ def _resolve_impl(impl: object) -> Implementation:
     if impl == "auto":
         return _auto
     return IMPLS[impl]  # type: ignore[index]
-
-
-def _prepare(
-    input: Tensor,
-    target: Tensor,
-    eps: float,
-    style: str,
-    prior: Tensor | Sequence[float] | None,
-    weight: Tensor | None,
-    ignore_index: int,
-    reduction: str,
-    kl: bool,
-    validate: bool,
-    *,
-    z_loss: float = 0.0,
-    softcap: float | None = None,
-    inplace: bool = False,
-) -> CrossEntropyProblem:
-    input = _checks.check_logits(input)
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    if input.dim() == 0:
-        raise ValueError("input must have a class dimension, got a 0-dim tensor")
-    style = _checks.check_style(style)
-    reduction = _checks.check_reduction(reduction)
-    kl = _checks.check_flag("kl", kl)
-    validate = _checks.check_flag("validate", validate)
-    z_loss = _checks.check_z_loss(z_loss)
-    softcap = _checks.check_softcap(softcap)
-    inplace = _checks.check_flag("inplace", inplace)
-    ignore_index = _checks.check_int("ignore_index", ignore_index)
-    class_dim = 0 if input.dim() == 1 else 1
-    num_classes = input.shape[class_dim]
-    if num_classes < 1:
-        raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
-    eps = _checks.check_eps(eps, num_classes, style, kl=kl)
-    index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
-    soft = target.shape == input.shape
-    if soft and not target.is_floating_point():
-        raise TypeError(
-            f"target has the shape of input, so it is taken as class probabilities and must be "
-            f"floating point, got dtype={target.dtype}"
-        )
-    if not soft:
-        if target.is_floating_point():
-            raise TypeError(
-                f"target must hold integer class indices (or be class probabilities of shape "
-                f"{tuple(input.shape)}), got dtype={target.dtype} with shape {tuple(target.shape)}"
-            )
-        if target.dtype == torch.bool or target.is_complex():
-            raise TypeError(f"target must hold integer class indices, got dtype={target.dtype}")
-        if target.shape != index_shape:
-            raise ValueError(
-                f"target must have shape {tuple(index_shape)} for input of shape "
-                f"{tuple(input.shape)} (class dimension {class_dim}), "
-                f"got shape {tuple(target.shape)}"
-            )
-    elif ignore_index >= 0:
-        raise ValueError(
-            f"ignore_index is not supported for probability targets (it must be negative), "
-            f"got ignore_index={ignore_index}"
-        )
-    dtype = _checks.compute_dtype(input.dtype)
-    prior_t = _checks.check_prior(prior, num_classes, style, input.device, dtype)
-    weight_t = _checks.check_weight(weight, num_classes, input.device, dtype)
-    if validate and not soft:
-        _checks.check_class_indices(target, num_classes, ignore_index)
-
-    logits = input.movedim(class_dim, -1).reshape(-1, num_classes)
-    if soft:
-        rows = target.movedim(class_dim, -1).reshape(-1, num_classes)
-        valid = None
-    else:
-        flat = target.reshape(-1).long()
-        valid = flat != ignore_index
-        rows = flat.masked_fill(~valid, 0)
-    return CrossEntropyProblem(
-        logits=logits,
-        target=rows,
-        valid=valid,
-        out_shape=index_shape,
-        num_classes=num_classes,
-        eps=eps,
-        style=style,
-        prior=prior_t,
-        weight=weight_t,
-        reduction=reduction,
-        kl=kl,
-        compute_dtype=dtype,
-        z_loss=z_loss,
-        softcap=softcap,
-        inplace=inplace,
-    )
 
 
 def _reduce(values: Tensor, problem: CrossEntropyProblem, input_dtype: torch.dtype) -> Tensor:
@@ -369,6 +148,9 @@ def cross_entropy(
     * ``"chunked"``: the fused kernel in eager torch on any device: forward computes the loss
       *and* the gradient, a chunk of rows at a time, and keeps only the gradient (M, K) in the
       logits' dtype; backward scales it by the incoming gradient in place. First-order only.
+      A bf16/fp16 gradient is rounded once for the incoming gradient ``loss.backward()``
+      gives a ``"mean"``/``"sum"`` loss (or a power-of-two multiple of it), and twice
+      otherwise (up to about 1 ulp; see :mod:`labelsmooth.kernels.fused`).
     * ``"compiled"``: the same fused kernel as a C++ library (built with the system compiler
       at first use, cached on disk), CPU only; probability targets take ``"chunked"``.
     * ``"triton"``: the same fused kernel in Triton, CUDA only (or ``TRITON_INTERPRET=1``),
@@ -412,7 +194,11 @@ def cross_entropy(
         softcap: ``None`` or s > 0, the soft-cap of the logits.
         inplace: allow the fused kernels to overwrite ``input`` with the gradient.
         validate: check that class indices are in range (one host sync). Turn off for speed
-            once the data pipeline is trusted.
+            once the data pipeline is trusted. Unchecked, an index outside [0, C) other than
+            ``ignore_index`` (a negative one included) is never taken for a class nor for an
+            ignored element: on CPU the call raises (``ValueError`` from ``"compiled"``,
+            ``IndexError``/``RuntimeError`` from the torch paths); on CUDA it fails as
+            PyTorch does (a device-side assert) and ``"triton"`` returns nan for it.
 
     Returns:
         The loss (float32 scalar for ``"mean"``/``"sum"``, float64 for float64 input; for
@@ -503,6 +289,8 @@ def binary_cross_entropy_with_logits(
             raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
         if value is not None and not value.is_floating_point():
             raise TypeError(f"{name} must be floating point, got dtype={value.dtype}")
+        if value is not None:
+            _checks.check_broadcastable(name, value, input.shape)
     loss = F.binary_cross_entropy_with_logits(
         input.to(dtype),
         smoothed,

@@ -126,7 +126,7 @@ def smooth_labels(
     if k < 1:
         raise ValueError(f"num_classes must be >= 1, got num_classes={k}")
     eps = _checks.check_eps(eps, k, style)
-    out_dtype = dtype if dtype is not None else torch.get_default_dtype()
+    out_dtype = _checks.check_float_dtype("dtype", dtype)
     prior_t = _checks.check_prior(prior, k, style, target.device, out_dtype)
     _checks.check_class_indices(target, k, ignore_index=None)
     alpha, offset = smoothing_coefficients(eps, k, style, prior_t)
@@ -162,8 +162,9 @@ def smooth_binary(
     eps = _checks.check_eps(eps, 2, style, binary=True)
     if target.is_complex():
         raise TypeError(f"target must be real, got dtype={target.dtype}")
+    out_dtype = _checks.check_float_dtype("dtype", dtype)
     if not target.is_floating_point():
-        target = target.to(dtype if dtype is not None else torch.get_default_dtype())
+        target = target.to(out_dtype)
     _checks.check_unit_interval("target", target)
     alpha, offset = smoothing_coefficients(eps, 2, style)
     return alpha * target + offset

@@ -11,7 +11,7 @@ for backward (see :mod:`labelsmooth.kernels.fused` for the math and the memory c
 * ``"triton"`` (:func:`triton`): a Triton kernel (:mod:`labelsmooth.kernels.triton_ce`);
   CUDA, or CPU tensors under ``TRITON_INTERPRET=1``. Triton is imported only when used.
 
-Each is an ``Implementation`` of :mod:`labelsmooth.functional`: ``(problem, need_nll) ->
+Each is an ``Implementation`` of :mod:`labelsmooth._problem`: ``(problem, need_nll) ->
 (loss_rows, nll_rows | None)``.
 """
 
@@ -30,7 +30,7 @@ from .cpu_ce import compiled
 from .fused import CHUNKED, chunked, fused_rows
 
 if TYPE_CHECKING:
-    from ..functional import CrossEntropyProblem
+    from .._problem import CrossEntropyProblem
 
 __all__ = [
     "AUTO_MIN_ELEMENTS",

@@ -46,8 +46,11 @@ the hidden, weight and bias gradients, so backward only scales them by the scala
 ``reduction="none"`` has a per-row ``grad_output``, which cannot be applied to the summed
 weight gradient afterwards, so there the forward saves the per-row log-partition (N floats)
 and backward recomputes each chunk's logits (four matrix products). The same recomputation
-serves a second backward (``retain_graph=True``) and gradients flowing into ``nll``. Under
-``torch.no_grad()`` (evaluation) only the loss is computed (one matrix product).
+serves gradients flowing into ``nll``. A backward that keeps the graph (``retain_graph=True``)
+scales copies of the gradients computed in the forward, so every backward of the same loss
+gives bit-identical results (``gradcheck`` with ``nondet_tol=0``): the chunks always run in the
+same order and nothing is accumulated concurrently. Under ``torch.no_grad()`` (evaluation)
+only the loss is computed (one matrix product).
 
 ``"triton"`` (CUDA): Apple's Cut Cross-Entropy scheme in :mod:`labelsmooth.kernels.linear_triton`
 (logit blocks live only in on-chip memory; backward recomputes them).
@@ -62,8 +65,9 @@ that accumulator, V x H x 4 bytes, is the one buffer beyond the gradients that d
 with the chunk).
 
 Memory: besides one chunk, the forward of ``"mean"``/``"sum"`` keeps the hidden, weight and
-bias gradients until backward (their size, not the logits'). Not twice differentiable
-(``once_differentiable``).
+bias gradients until backward (their size, not the logits'). First-order only: a backward
+with ``create_graph=True`` (double backward, e.g. a gradient penalty) raises ``RuntimeError``
+rather than return a gradient without a graph; ``impl="reference"`` supports it.
 """
 
 from __future__ import annotations
@@ -71,15 +75,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .. import _checks
+from .._composite import reference
+from .._problem import prepare
 from ..targets import smoothing_coefficients
+from ._linear_common import _reduce, _row_scale, _Spec
 
 __all__ = [
     "LINEAR_IMPLS",
@@ -165,46 +170,6 @@ def chunk_rows(
     rows = max(1, min(num_rows, math.floor(budget / per_element)))
     chunks = math.ceil(num_rows / rows)
     return math.ceil(num_rows / chunks)
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """Checked scalars of one call; ``offset`` is beta: a float, or (prior) a (V,) vector in the
-    compute dtype."""
-
-    alpha: float
-    offset: float | Tensor
-    total: float
-    z_loss: float
-    softcap: float | None
-    reduction: str
-    compute_dtype: torch.dtype
-
-    @property
-    def offset_is_scalar(self) -> bool:
-        return not isinstance(self.offset, Tensor)
-
-
-def _row_scale(valid: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
-    """Weight of each row in the reduced loss: 1/(number of valid rows) for mean, else 1.
-
-    Ignored rows get 0, and an all-ignored mean gets 0 everywhere (loss 0, zero gradient).
-    """
-    scale = valid.to(dtype)
-    if reduction == "mean":
-        scale = scale / valid.sum().clamp(min=1).to(dtype)
-    return scale
-
-
-def _reduce(rows: Tensor, valid: Tensor, reduction: str) -> Tensor:
-    rows = torch.where(valid, rows, 0.0)
-    if reduction == "none":
-        return rows
-    total = rows.sum()
-    if reduction == "sum":
-        return total
-    count = valid.sum()
-    return torch.where(count == 0, 0.0, total / count.clamp(min=1).to(total.dtype))
 
 
 def _logits_chunk(
@@ -370,6 +335,26 @@ def _logits_gradient_(
     return x
 
 
+def _keep_graph() -> bool:
+    """Whether the running backward keeps the graph (``retain_graph=True``); True if unknown."""
+    getter = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if getter is None else bool(getter())
+
+
+def _refuse_create_graph(impl: str) -> None:
+    """Raises inside a custom backward run with ``create_graph=True`` (grad mode is then on).
+
+    The hand-written backward is not itself differentiable: its result would silently carry no
+    graph, so a gradient penalty built on it would be dropped without an error.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"linear_cross_entropy(impl={impl!r}) is first-order only: backward with "
+            f"create_graph=True (double backward, e.g. a gradient penalty) is not supported; "
+            f"use impl='reference' for higher-order gradients"
+        )
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """Chunked forward (and, for mean/sum, the gradients); see the module docstring."""
 
@@ -429,20 +414,23 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return _reduce(loss_rows, valid, spec.reduction), _reduce(nll_rows, valid, spec.reduction)
 
     @staticmethod
-    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         grad_loss: Tensor | None,
         grad_nll: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
+        _refuse_create_graph("chunked")
         nothing = (None,) * 5
         if grad_loss is None and grad_nll is None:
             return (None, None, None, *nothing)
         precomputed = ctx.precomputed  # type: ignore[attr-defined]
-        ctx.precomputed = None  # type: ignore[attr-defined]  # used once; later: recompute
         if precomputed is not None and grad_nll is None:
             assert grad_loss is not None
-            scaled = tuple(None if g is None else g.mul_(grad_loss) for g in precomputed)
+            if _keep_graph():  # another backward may follow: scale copies, keep the originals
+                scaled = tuple(None if g is None else g * grad_loss for g in precomputed)
+            else:  # the last backward: scale in place, then let them go
+                ctx.precomputed = None  # type: ignore[attr-defined]
+                scaled = tuple(None if g is None else g.mul_(grad_loss) for g in precomputed)
             return (*scaled, *nothing)
         hidden, weight, bias, target, valid, lse = ctx.saved_tensors  # type: ignore[attr-defined]
         spec: _Spec = ctx.spec  # type: ignore[attr-defined]
@@ -482,23 +470,12 @@ def _reference(
     spec: _Spec,
 ) -> tuple[Tensor, Tensor]:
     """Materialises the logits and applies ``ls.cross_entropy(..., impl="reference")``."""
-    from ..functional import cross_entropy  # functional re-exports this module: import late
-
     z = F.linear(hidden, weight, bias).to(spec.compute_dtype)
     if spec.softcap is not None:
         z = spec.softcap * torch.tanh(z / spec.softcap)
-    loss, nll = cross_entropy(
-        z,
-        target,
-        eps,
-        style=style,
-        prior=prior,
-        ignore_index=ignore_index,
-        reduction="none",
-        return_nll=True,
-        impl="reference",
-        validate=False,
-    )
+    problem = prepare(z, target, eps, style, prior, None, ignore_index, "none", False, False)
+    loss, nll = reference(problem, True)
+    assert nll is not None
     if spec.z_loss:
         loss = loss + spec.z_loss * torch.logsumexp(z, dim=-1).square()
     return _reduce(loss, valid, spec.reduction), _reduce(nll, valid, spec.reduction)

@@ -13,7 +13,11 @@ softcap added:
   logits-gradient :math:`g = c_p p - c_y\,\mathrm{onehot}(y) - c_\beta \beta` (times the
   softcap derivative) and adds :math:`g W` into the hidden gradient and :math:`g^\top h` into the
   weight gradient with atomic adds in float32 (so the summation order, and the last bits, vary
-  between runs on a GPU).
+  between runs on a GPU; the interpreter runs the programs one after the other, so there it is
+  deterministic).
+
+First-order only: a backward with ``create_graph=True`` raises ``RuntimeError`` (use
+``impl="reference"`` for higher-order gradients).
 
 The per-row coefficients :math:`c_p, c_y, c_\beta` carry the reduction, ``grad_output``, the
 z-loss and gradients flowing into ``nll``; they are computed in torch (N values).
@@ -34,7 +38,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from ._linear_common import _reduce, _row_scale
 
 try:  # Triton is optional: the chunked torch path works everywhere.
     import triton
@@ -304,8 +309,6 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         valid: Tensor,
         spec: Any,
     ) -> tuple[Tensor, Tensor]:
-        from .linear import _reduce
-
         forward_kernel, _ = _kernels()
         cd = spec.compute_dtype
         n, features = hidden.shape
@@ -353,14 +356,17 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         )
 
     @staticmethod
-    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         grad_loss: Tensor | None,
         grad_nll: Tensor | None,
     ) -> tuple[Tensor | None, ...]:
-        from .linear import _row_scale
-
+        if torch.is_grad_enabled():  # create_graph=True: the result would carry no graph
+            raise RuntimeError(
+                "linear_cross_entropy(impl='triton') is first-order only: backward with "
+                "create_graph=True (double backward, e.g. a gradient penalty) is not supported; "
+                "use impl='reference' for higher-order gradients"
+            )
         nothing = (None,) * 3
         if grad_loss is None and grad_nll is None:
             return (None, None, None, *nothing)
