@@ -1,4 +1,7 @@
 # Two commands on a fresh machine (see README): `make study` and `make test`.
+# `make study` installs only what the study needs (the `study` extra); `make test` adds the
+# development tools (the `dev` extra: pytest, hypothesis, ruff, torchmetrics, Triton for the
+# interpreter tests).
 STUDY_ARGS ?=
 VENV ?= .venv
 PYTHON ?= python3
@@ -6,25 +9,29 @@ BIN := $(VENV)/bin
 
 .PHONY: install study demo test test-slow lint clean
 
-$(VENV)/.installed: pyproject.toml scripts/install.sh
+$(VENV)/.installed-study: pyproject.toml scripts/install.sh
+	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-study
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-dev
 
-study: install
+study: $(VENV)/.installed-study
 	$(BIN)/labelsmooth study $(STUDY_ARGS)
 
-demo: install
+demo: $(VENV)/.installed-study
 	$(BIN)/labelsmooth demo
 
-test: install
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest
 
-test-slow: install
+test-slow: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -m slow
 
-lint: install
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

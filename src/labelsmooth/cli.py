@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -98,9 +99,14 @@ def run_demo(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     start = time.perf_counter()
+    from .study.runner import Progress
+
+    progress = Progress(len(args.eps) * len(args.seeds), 0, quiet=False)
     for eps in args.eps:
         accuracy, nll, confidence = [], [], []
         for seed in args.seeds:
+            progress.show(f"eps={eps:g} seed={seed}")
+            progress.advance()
             torch.manual_seed(seed)
             model = MLP(data.num_features, data.num_classes, width=args.width)
 
@@ -114,6 +120,7 @@ def run_demo(args: argparse.Namespace) -> int:
             accuracy.append((logits.argmax(-1) == data.y_test).float().mean().item())
             nll.append(cross_entropy(logits, data.y_test, 0.0).item())
             confidence.append(probs.max(-1).values.mean().item())
+        progress.clear()
         print(
             f"{eps:>6g}  {_mean_sd(accuracy):>17}  {_mean_sd(nll):>17}  {_mean_sd(confidence):>17}"
         )
@@ -427,12 +434,26 @@ def run_bench_command(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.options], cwd=root)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``labelsmooth study: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import __version__
+
+    parser = _OneLineParser(
         prog="labelsmooth",
         description="Label smoothing for PyTorch: losses, diagnostics and studies.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"labelsmooth {__version__} (torch {torch.__version__})",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     _add_study_parser(commands)
     bench = commands.add_parser(
         "bench",
@@ -470,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # a bare `labelsmooth` shows what it can do
+        parser.print_help()
+        return 0
     try:
         return args.handler(args)
     except UsageError as err:

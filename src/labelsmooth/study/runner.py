@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import platform
 import queue
+import shutil
 import signal
 import sys
 import tempfile
@@ -505,7 +506,8 @@ def clock(seconds: float) -> str:
 
 
 class Progress:
-    """``[####......] 12/150 | run label | elapsed 0:15 | remaining ~2:40`` on stderr."""
+    """``12/150 | remaining ~2:40 | elapsed 0:15 | [####......] run label`` on stderr: counts
+    and time left first, cut to the terminal's width when it is one."""
 
     def __init__(self, total: int, done: int, *, quiet: bool, stream: TextIO | None = None):
         self.total, self.done, self.quiet = total, done, quiet
@@ -526,15 +528,22 @@ class Progress:
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
         line = (
-            f"[{bar}] {self.done:>{len(str(self.total))}}/{self.total} | {label} | "
-            f"elapsed {clock(elapsed)} | remaining {remaining}"
+            f"{self.done:>{len(str(self.total))}}/{self.total} | remaining {remaining} | "
+            f"elapsed {clock(elapsed)} | [{bar}] {label}"
         )
         if self.interactive:
-            columns = 120
+            columns = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
             self.stream.write("\r" + line[:columns].ljust(columns))
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def clear(self) -> None:
+        """Blanks the interactive line, so that other output can be printed in its place."""
+        if not self.quiet and self.interactive:
+            columns = max(40, shutil.get_terminal_size((120, 24)).columns - 1)
+            self.stream.write("\r" + " " * columns + "\r")
+            self.stream.flush()
 
     def advance(self) -> None:
         self.done += 1
