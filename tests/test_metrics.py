@@ -715,3 +715,127 @@ def test_docstring_examples():
     result = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# --------------------------------------------------------------------------------------------
+# ignore_index: padded rows are dropped before anything is computed
+# --------------------------------------------------------------------------------------------
+
+
+def _padded(seed=0, n=60, k=4, ignore_index=-100, every=3):
+    g = torch.Generator().manual_seed(seed)
+    logits = 2 * torch.randn(n, k, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, k, (n,), generator=g)
+    padded = labels.clone()
+    padded[::every] = ignore_index
+    keep = padded != ignore_index
+    return logits, labels, padded, keep
+
+
+PROB_FUNCTIONS = [
+    lambda p, y, **kw: expected_calibration_error(p, y, 7, **kw),
+    lambda p, y, **kw: expected_calibration_error(p, y, 5, "quantile", **kw),
+    lambda p, y, **kw: maximum_calibration_error(p, y, 7, **kw),
+    lambda p, y, **kw: classwise_calibration_error(p, y, 6, **kw),
+    lambda p, y, **kw: brier_score(p, y, **kw),
+    lambda p, y, **kw: negative_log_likelihood(p, y, **kw),
+    lambda p, y, **kw: aurc(p, y, **kw),
+    lambda p, y, **kw: metrics.excess_aurc(p, y, **kw),
+    lambda p, y, **kw: reliability_curve(p, y, 5, **kw).counts.tolist(),
+    lambda p, y, **kw: risk_coverage_curve(p, y, **kw).risk.tolist(),
+    lambda p, y, **kw: fit_temperature(torch.log(torch.as_tensor(p)), y, **kw),
+]
+
+
+@pytest.mark.parametrize("fn", PROB_FUNCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 2])  # a valid class may be the ignore index
+def test_ignore_index_equals_the_function_on_the_kept_rows(fn, ignore_index):
+    logits, labels, padded, keep = _padded(ignore_index=ignore_index)
+    probs = logits.softmax(dim=1)
+    if ignore_index == 2:
+        keep = labels != 2
+        padded = labels
+    expected = fn(probs[keep], labels[keep])
+    assert fn(probs, padded, ignore_index=ignore_index) == expected
+    assert fn(probs.numpy(), padded.numpy(), ignore_index=ignore_index) == expected
+    # Without ignore_index the padding is an error (out of range) or counts as data.
+    if ignore_index == -100:
+        with pytest.raises(ValueError, match="class index -100"):
+            fn(probs, padded)
+    else:
+        assert fn(probs, padded) != expected
+
+
+def test_ignore_index_rows_need_not_be_probabilities():
+    logits, labels, padded, keep = _padded()
+    probs = logits.softmax(dim=1)
+    garbage = probs.clone()
+    garbage[~keep] = float("nan")
+    expected = expected_calibration_error(probs[keep], labels[keep])
+    assert expected_calibration_error(garbage, padded, ignore_index=-100) == expected
+    bad_logits = logits.clone()
+    bad_logits[~keep] = float("inf")
+    assert fit_temperature(bad_logits, padded, ignore_index=-100) == fit_temperature(
+        logits[keep], labels[keep]
+    )
+    # ... but a kept row still must be.
+    garbage[1] = 0.5
+    with pytest.raises(ValueError, match="must sum to 1"):
+        expected_calibration_error(garbage, padded, ignore_index=-100)
+
+
+@pytest.mark.parametrize("fn", PROB_FUNCTIONS)
+def test_all_rows_ignored_is_an_error_naming_ignore_index(fn):
+    probs = torch.full((4, 3), 1 / 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"ignore_index=-100"):
+        fn(probs, torch.full((4,), -100), ignore_index=-100)
+
+
+def test_ignore_index_must_be_an_int():
+    probs = torch.full((4, 3), 1 / 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="ignore_index"):
+        brier_score(probs, torch.zeros(4, dtype=torch.long), ignore_index=1.5)
+    assert brier_score(
+        probs, torch.tensor([0, 1, 2, -1]), ignore_index=torch.tensor(-1)
+    ) == brier_score(probs[:3], torch.tensor([0, 1, 2]))
+
+
+def test_ignore_index_for_binary_and_multilabel_functions():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(40, 3, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 2, (40, 3), generator=g)
+    padded = labels.clone()
+    padded[::4, 0] = -100
+    padded[1::5, 2] = -100
+    for j in range(3):
+        keep = padded[:, j] != -100
+        assert auroc(scores[:, j], padded[:, j], ignore_index=-100) == auroc(
+            scores[keep, j], labels[keep, j]
+        )
+    per_label = multilabel_auroc(scores, padded, average="none", ignore_index=-100)
+    per_label_ece = multilabel_calibration_error(
+        scores, padded, 5, average="none", ignore_index=-100
+    )
+    for j in range(3):
+        keep = padded[:, j] != -100
+        assert per_label[j] == auroc(scores[keep, j], labels[keep, j])
+        assert per_label_ece[j] == multilabel_calibration_error(scores[keep, j], labels[keep, j], 5)
+    padded[:, 1] = -100
+    assert math.isnan(multilabel_auroc(scores, padded, average="none", ignore_index=-100)[1])
+    with pytest.raises(ValueError, match="label column 1.*ignore_index=-100"):
+        multilabel_calibration_error(scores, padded, ignore_index=-100)
+    with pytest.raises(ValueError, match="ignore_index=-100"):
+        auroc(scores[:, 0], torch.full((40,), -100), ignore_index=-100)
+
+
+def test_reliability_curve_norms_match_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    logits, labels, _, _ = _padded(seed=5, n=300, k=5)
+    probs = logits.softmax(dim=1)
+    curve = reliability_curve(probs, labels, 10)
+    for norm in ("l1", "l2", "max"):
+        expected = tm.multiclass_calibration_error(probs, labels, 5, n_bins=10, norm=norm)
+        assert curve.calibration_error(norm) == pytest.approx(float(expected), abs=1e-6)
+    assert curve.calibration_error("l1") == curve.expected_calibration_error
+    with pytest.raises(ValueError, match="norm"):
+        curve.calibration_error("l3")

@@ -13,6 +13,17 @@ Conventions shared by every function here:
 * **Outputs** are Python floats, or small frozen dataclasses of numpy arrays for curves.
 * **The prediction** is the arg-max class; tied maxima predict the lowest class index
   (``torch.argmax``'s rule). The **confidence** is the maximum probability.
+* **Padding** (``ignore_index``): every function that takes labels takes
+  ``ignore_index=None`` (keyword-only). Rows (entries, for the 0/1 labels of the binary and
+  multi-label functions) whose label equals it are dropped before anything is computed, as
+  if they had never been passed: a causal LM's ``-100`` padding. Only the kept rows are
+  checked to be valid probabilities (padding rows may hold anything finite or not); the
+  ignored label value itself may lie outside [0, C). A call that leaves no row raises
+  ``ValueError`` naming ``ignore_index``.
+* **Streaming** (:mod:`labelsmooth.streaming`; not re-exported here, which would make an
+  import cycle): torchmetrics-style classes
+  with ``update``/``compute``/``reset`` that accumulate over batches and synchronise across
+  processes, equal to these functions on the concatenated data.
 * **Bad input** raises before any work: ``TypeError`` for dtypes and types, ``ValueError``
   for values, each naming the argument, the value and what is allowed.
 
@@ -22,6 +33,7 @@ Only torch and numpy are needed (no scipy, no matplotlib).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
 
@@ -56,6 +68,7 @@ ArrayLike = Tensor | np.ndarray
 
 BINNINGS = ("uniform", "quantile")
 AVERAGES = ("macro", "none")
+NORMS = ("l1", "l2", "max")
 
 # How far a row of `probs` may sum from 1: 1e-3, or twice the machine epsilon of the input's
 # dtype if that is larger (float16: 2e-3, bfloat16: 1.6e-2), so that softmax outputs in low
@@ -112,6 +125,25 @@ class ReliabilityCurve:
         r""":math:`\max_m |\mathrm{acc}(B_m) - \mathrm{conf}(B_m)|` over non-empty bins."""
         filled = self.counts > 0
         return float(np.max(np.abs(self.gap[filled])))
+
+    @property
+    def root_mean_square_calibration_error(self) -> float:
+        r""":math:`\sqrt{\sum_m \frac{|B_m|}{N} (\mathrm{acc}(B_m) - \mathrm{conf}(B_m))^2}`.
+
+        The ``"l2"`` norm of torchmetrics' ``calibration_error`` (Kumar et al. 2019).
+        """
+        filled = self.counts > 0
+        weights = self.counts[filled] / self.num_samples
+        return math.sqrt(float(np.sum(weights * self.gap[filled] ** 2)))
+
+    def calibration_error(self, norm: str = "l1") -> float:
+        """``"l1"``: the ECE; ``"l2"``: the root-mean-square error; ``"max"``: the MCE."""
+        norm = _checks.check_choice("norm", norm, NORMS)
+        if norm == "l1":
+            return self.expected_calibration_error
+        if norm == "l2":
+            return self.root_mean_square_calibration_error
+        return self.maximum_calibration_error
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,9 +212,17 @@ def _check_finite(name: str, array: np.ndarray) -> None:
         raise ValueError(f"{name} must be finite, got {array[where]} at index {where}")
 
 
-def _check_unit_interval(name: str, array: np.ndarray, what: str) -> None:
-    _check_finite(name, array)
-    bad = (array < 0) | (array > 1)
+def _check_unit_interval(
+    name: str, array: np.ndarray, what: str, keep: np.ndarray | None = None
+) -> None:
+    """Entries finite and in [0, 1]; only where ``keep`` (broadcast against ``array``) holds."""
+    if keep is None:
+        _check_finite(name, array)
+        bad = (array < 0) | (array > 1)
+    else:
+        keep = np.broadcast_to(keep, array.shape)
+        _check_finite(name, np.where(keep, array, 0.0))
+        bad = keep & ((array < 0) | (array > 1))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(
@@ -192,10 +232,16 @@ def _check_unit_interval(name: str, array: np.ndarray, what: str) -> None:
 
 def _check_probs(probs: object, name: str = "probs") -> np.ndarray:
     """(N, C) probabilities with rows summing to 1, as float64."""
+    array = _probs_array(probs, name)
+    _check_prob_values(name, array, _machine_epsilon(probs))
+    return array
+
+
+def _probs_array(probs: object, name: str) -> np.ndarray:
+    """(N, C) floating-point array with N, C >= 1, as float64; the values are not checked."""
     array, dtype = _as_array(name, probs)
     if not _is_float(array):
         raise TypeError(f"{name} must hold floating-point probabilities, got dtype={dtype}")
-    tolerance = max(ROW_SUM_TOLERANCE, 2 * _machine_epsilon(probs))
     if array.ndim != 2:
         raise ValueError(
             f"{name} must have shape (N, C): one row of class probabilities per sample, "
@@ -205,16 +251,26 @@ def _check_probs(probs: object, name: str = "probs") -> np.ndarray:
         raise ValueError(
             f"{name} must hold at least one sample and one class, got shape {tuple(array.shape)}"
         )
-    _check_unit_interval(name, array, "probabilities, not logits: apply softmax first")
+    return array
+
+
+def _check_prob_values(
+    name: str, array: np.ndarray, machine_epsilon: float, rows: np.ndarray | None = None
+) -> None:
+    """Entries in [0, 1] and rows summing to 1, on the rows where ``rows`` (all if None)."""
+    tolerance = max(ROW_SUM_TOLERANCE, 2 * machine_epsilon)
+    keep = None if rows is None else rows[:, None]
+    _check_unit_interval(name, array, "probabilities, not logits: apply softmax first", keep)
     sums = array.sum(axis=1)
     off = np.abs(sums - 1.0) > tolerance
+    if rows is not None:
+        off &= rows
     if off.any():
         row = int(np.argmax(off))
         raise ValueError(
             f"each row of {name} must sum to 1 (within {tolerance:.3g}), "
             f"got a row summing to {sums[row]:.6g} at row {row}"
         )
-    return array
 
 
 def _machine_epsilon(value: object) -> float:
@@ -225,7 +281,7 @@ def _machine_epsilon(value: object) -> float:
     return float(np.finfo(np.float64).eps)
 
 
-def _check_logits(logits: object, name: str = "logits") -> np.ndarray:
+def _check_logits(logits: object, name: str = "logits", check_finite: bool = True) -> np.ndarray:
     """(N, C) finite logits as float64."""
     array, dtype = _as_array(name, logits)
     if not _is_float(array):
@@ -239,14 +295,20 @@ def _check_logits(logits: object, name: str = "logits") -> np.ndarray:
         raise ValueError(
             f"{name} must hold at least one sample and one class, got shape {tuple(array.shape)}"
         )
-    _check_finite(name, array)
+    if check_finite:
+        _check_finite(name, array)
     return array
 
 
 def _check_labels(
-    labels: object, num_samples: int, num_classes: int, source: str, name: str = "labels"
+    labels: object,
+    num_samples: int,
+    num_classes: int,
+    source: str,
+    name: str = "labels",
+    ignore_index: int | None = None,
 ) -> np.ndarray:
-    """(N,) integer class indices in [0, C), as int64."""
+    """(N,) integer class indices in [0, C) or equal to ``ignore_index``, as int64."""
     array, dtype = _as_array(name, labels)
     if array.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class indices, got dtype={dtype}")
@@ -256,17 +318,52 @@ def _check_labels(
             f"got shape {tuple(array.shape)}"
         )
     bad = (array < 0) | (array >= num_classes)
+    if ignore_index is not None:
+        bad &= array != ignore_index
     if bad.any():
         value = int(array[np.argmax(bad)])
         raise ValueError(
             f"{name} contains class index {value}, but class indices must be in "
             f"[0, {num_classes - 1}] (num_classes={num_classes}, from {source}.shape[1])"
+            + ("" if ignore_index is None else f" or equal ignore_index={ignore_index}")
         )
     return array.astype(np.int64)
 
 
-def _check_binary_labels(labels: object, shape: tuple[int, ...], source: str) -> np.ndarray:
-    """0/1 indicators (bool, integer or float) with the shape of ``source``, as float64."""
+def _check_ignore_index(ignore_index: object) -> int | None:
+    """None, or an int (a torch/numpy integer scalar is accepted)."""
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, Tensor) and ignore_index.numel() == 1:
+        ignore_index = ignore_index.item()
+    return _checks.check_int("ignore_index", ignore_index)
+
+
+def _kept(
+    labels: np.ndarray, ignore_index: int | None, allow_empty: bool = False
+) -> np.ndarray | None:
+    """Mask of the entries whose label is not ``ignore_index`` (None: keep everything).
+
+    ValueError naming ``ignore_index`` when nothing is left, unless ``allow_empty``.
+    """
+    if ignore_index is None:
+        return None
+    keep = labels != ignore_index
+    if not allow_empty and not keep.any():
+        raise ValueError(
+            f"every one of the {labels.size} labels equals ignore_index={ignore_index}: "
+            f"no sample is left to evaluate"
+        )
+    return keep
+
+
+def _check_binary_labels(
+    labels: object, shape: tuple[int, ...], source: str, ignore_index: int | None = None
+) -> np.ndarray:
+    """0/1 indicators (bool, integer or float) with the shape of ``source``, as float64.
+
+    Entries equal to ``ignore_index`` are allowed too (the caller drops them).
+    """
     array, dtype = _as_array("labels", labels)
     if array.shape != shape:
         raise ValueError(
@@ -274,6 +371,8 @@ def _check_binary_labels(labels: object, shape: tuple[int, ...], source: str) ->
             f"got shape {tuple(array.shape)}"
         )
     bad = (array != 0) & (array != 1)
+    if ignore_index is not None:
+        bad &= array != ignore_index
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ValueError(f"labels must be 0 or 1, got {array[where]} at index {where} ({dtype})")
@@ -311,6 +410,22 @@ def _check_columns(
     return (array if array.ndim == 2 else array[:, None]), shape
 
 
+def _kept_columns(
+    targets: np.ndarray, ignore_index: int | None, require_each: bool
+) -> np.ndarray | None:
+    """(N, L) mask of the entries not equal to ``ignore_index``; ValueError if none is left
+    at all, or (``require_each``) in some column."""
+    keep = _kept(targets, ignore_index)
+    if keep is not None and require_each:
+        empty = np.flatnonzero(~keep.any(axis=0))
+        if empty.size:
+            raise ValueError(
+                f"every entry of label column {int(empty[0])} equals ignore_index="
+                f"{ignore_index}: no sample is left to evaluate that label"
+            )
+    return keep
+
+
 # --------------------------------------------------------------------------------------------
 # Binning
 # --------------------------------------------------------------------------------------------
@@ -330,10 +445,28 @@ def _binned(
 ) -> ReliabilityCurve:
     """Bins (e_{m-1}, e_m] of ``confidence``; per bin the mean ``outcome`` and confidence."""
     edges = _bin_edges(confidence, n_bins, binning)
+    return _curve(edges, *_bin_sums(confidence, outcome, edges))
+
+
+def _bin_sums(
+    confidence: np.ndarray, outcome: np.ndarray, edges: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bin (e_{m-1}, e_m]: the count (int64), the sum of ``outcome``, of ``confidence``.
+
+    The sufficient statistics of a reliability curve with fixed edges: the streaming metrics
+    add them over batches and processes.
+    """
+    n_bins = edges.shape[0] - 1
     index = np.searchsorted(edges[1:-1], confidence, side="left")
     counts = np.bincount(index, minlength=n_bins).astype(np.int64)
     outcome_sum = np.bincount(index, weights=outcome, minlength=n_bins)
     confidence_sum = np.bincount(index, weights=confidence, minlength=n_bins)
+    return counts, outcome_sum, confidence_sum
+
+
+def _curve(
+    edges: np.ndarray, counts: np.ndarray, outcome_sum: np.ndarray, confidence_sum: np.ndarray
+) -> ReliabilityCurve:
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = np.where(counts > 0, outcome_sum / counts, np.nan)
         mean_confidence = np.where(counts > 0, confidence_sum / counts, np.nan)
@@ -347,9 +480,44 @@ def _top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return confidence, (prediction == labels).astype(np.float64)
 
 
-def _prepare(probs: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
-    array = _check_probs(probs)
-    return array, _check_labels(labels, array.shape[0], array.shape[1], "probs")
+def _prepare(
+    probs: object, labels: object, ignore_index: object = None, *, allow_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Checked (probs, labels) as float64 / int64, the rows labelled ``ignore_index`` dropped.
+
+    The one place where the rows of ``probs`` meet their labels: every function taking
+    (probs, labels) and the streaming classes go through it. Shapes and dtypes are checked on
+    every row, the values of ``probs`` only on the kept rows.
+    """
+    ignore_index = _check_ignore_index(ignore_index)
+    if ignore_index is None:
+        array = _check_probs(probs)
+        return array, _check_labels(labels, array.shape[0], array.shape[1], "probs")
+    array = _probs_array(probs, "probs")
+    classes = _check_labels(
+        labels, array.shape[0], array.shape[1], "probs", ignore_index=ignore_index
+    )
+    keep = _kept(classes, ignore_index, allow_empty)
+    _check_prob_values("probs", array, _machine_epsilon(probs), keep)
+    return array[keep], classes[keep]
+
+
+def _prepare_logits(
+    logits: object, labels: object, ignore_index: object = None, *, allow_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """As :func:`_prepare`, for (N, C) finite logits (finiteness checked on the kept rows)."""
+    ignore_index = _check_ignore_index(ignore_index)
+    if ignore_index is None:
+        array = _check_logits(logits)
+        return array, _check_labels(labels, array.shape[0], array.shape[1], "logits")
+    array = _check_logits(logits, check_finite=False)
+    classes = _check_labels(
+        labels, array.shape[0], array.shape[1], "logits", ignore_index=ignore_index
+    )
+    keep = _kept(classes, ignore_index, allow_empty)
+    array, classes = array[keep], classes[keep]
+    _check_finite("logits", array)
+    return array, classes
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,7 +526,12 @@ def _prepare(probs: object, labels: object) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reliability_curve(
-    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "uniform"
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    binning: str = "uniform",
+    *,
+    ignore_index: int | None = None,
 ) -> ReliabilityCurve:
     r"""Bins the top-label confidence and reports accuracy and mean confidence per bin.
 
@@ -376,6 +549,7 @@ def reliability_curve(
             :math:`m/M` of the confidences (numpy's linear interpolation) and the outer
             edges at 0 and 1, so each bin holds about N/M samples (tied confidences share
             a bin, which can leave others empty).
+        ignore_index: rows whose label equals it are dropped first (None: keep all).
 
     Example:
         >>> probs = torch.tensor([[0.95, 0.05], [0.65, 0.35], [0.3, 0.7], [0.85, 0.15]])
@@ -385,7 +559,7 @@ def reliability_curve(
         >>> curve.accuracy[3:].tolist(), curve.confidence[3:].round(4).tolist()
         ([0.5, 1.0], [0.675, 0.9])
     """
-    array, classes = _prepare(probs, labels)
+    array, classes = _prepare(probs, labels, ignore_index)
     n_bins = _check_n_bins(n_bins)
     binning = _checks.check_choice("binning", binning, BINNINGS)
     confidence, correct = _top_label(array, classes)
@@ -393,7 +567,12 @@ def reliability_curve(
 
 
 def expected_calibration_error(
-    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "uniform"
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    binning: str = "uniform",
+    *,
+    ignore_index: int | None = None,
 ) -> float:
     r"""Expected calibration error of the top-label confidence (Guo et al. 2017).
 
@@ -414,6 +593,7 @@ def expected_calibration_error(
         labels: (N,) integer class indices.
         n_bins: M >= 1.
         binning: ``"uniform"`` or ``"quantile"``.
+        ignore_index: rows whose label equals it are dropped first (None: keep all).
 
     Returns:
         A float in [0, 1].
@@ -424,11 +604,17 @@ def expected_calibration_error(
         >>> round(expected_calibration_error(probs, labels, n_bins=5), 4)
         0.1375
     """
-    return reliability_curve(probs, labels, n_bins, binning).expected_calibration_error
+    curve = reliability_curve(probs, labels, n_bins, binning, ignore_index=ignore_index)
+    return curve.expected_calibration_error
 
 
 def maximum_calibration_error(
-    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "uniform"
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    binning: str = "uniform",
+    *,
+    ignore_index: int | None = None,
 ) -> float:
     r"""Largest calibration gap over the non-empty bins (Guo et al. 2017).
 
@@ -443,11 +629,17 @@ def maximum_calibration_error(
         >>> round(maximum_calibration_error(probs, torch.tensor([0, 1, 1, 0]), n_bins=5), 4)
         0.175
     """
-    return reliability_curve(probs, labels, n_bins, binning).maximum_calibration_error
+    curve = reliability_curve(probs, labels, n_bins, binning, ignore_index=ignore_index)
+    return curve.maximum_calibration_error
 
 
 def classwise_calibration_error(
-    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, binning: str = "uniform"
+    probs: ArrayLike,
+    labels: ArrayLike,
+    n_bins: int = 15,
+    binning: str = "uniform",
+    *,
+    ignore_index: int | None = None,
 ) -> float:
     r"""Class-wise ECE (Kull et al. 2019): the calibration of every class probability.
 
@@ -467,7 +659,7 @@ def classwise_calibration_error(
         >>> round(classwise_calibration_error(probs, torch.tensor([0, 1, 1, 0]), n_bins=5), 4)
         0.2875
     """
-    array, classes = _prepare(probs, labels)
+    array, classes = _prepare(probs, labels, ignore_index)
     n_bins = _check_n_bins(n_bins)
     binning = _checks.check_choice("binning", binning, BINNINGS)
     errors = [
@@ -485,6 +677,8 @@ def multilabel_calibration_error(
     n_bins: int = 15,
     binning: str = "uniform",
     average: str = "macro",
+    *,
+    ignore_index: int | None = None,
 ) -> float | list[float]:
     r"""Per-label ECE of independent (sigmoid) probabilities, for binary and multi-label tasks.
 
@@ -504,6 +698,8 @@ def multilabel_calibration_error(
         n_bins: M >= 1.
         binning: ``"uniform"`` or ``"quantile"`` (quantiles per label).
         average: ``"macro"`` (mean over labels, a float) or ``"none"`` (a list, one per label).
+        ignore_index: entries of ``labels`` equal to it are dropped, per label (None: keep
+            all); a label left with no entry raises ``ValueError``.
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.25], [0.8, 0.1], [0.3, 0.55], [0.1, 0.7]])
@@ -511,16 +707,19 @@ def multilabel_calibration_error(
         >>> [round(e, 4) for e in multilabel_calibration_error(probs, labels, 5, average="none")]
         [0.175, 0.375]
     """
+    ignore_index = _check_ignore_index(ignore_index)
     array, shape = _check_columns(probs, "probs", (1, 2), "(N,) or (N, L) (L labels)")
-    _check_unit_interval("probs", array, "probabilities of the positive class, not logits")
-    targets = _check_binary_labels(labels, shape, "probs").reshape(array.shape)
+    targets = _check_binary_labels(labels, shape, "probs", ignore_index).reshape(array.shape)
+    keep = _kept_columns(targets, ignore_index, require_each=True)
+    _check_unit_interval("probs", array, "probabilities of the positive class, not logits", keep)
     n_bins = _check_n_bins(n_bins)
     binning = _checks.check_choice("binning", binning, BINNINGS)
     average = _checks.check_choice("average", average, AVERAGES)
-    errors = [
-        _binned(array[:, j], targets[:, j], n_bins, binning).expected_calibration_error
-        for j in range(array.shape[1])
-    ]
+    errors = []
+    for j in range(array.shape[1]):
+        rows = slice(None) if keep is None else keep[:, j]
+        curve = _binned(array[rows, j], targets[rows, j], n_bins, binning)
+        errors.append(curve.expected_calibration_error)
     return errors if average == "none" else float(np.mean(errors))
 
 
@@ -529,7 +728,7 @@ def multilabel_calibration_error(
 # --------------------------------------------------------------------------------------------
 
 
-def brier_score(probs: ArrayLike, labels: ArrayLike) -> float:
+def brier_score(probs: ArrayLike, labels: ArrayLike, *, ignore_index: int | None = None) -> float:
     r"""Multi-class Brier score (Brier 1950), summed over classes and averaged over samples.
 
     .. math::
@@ -542,13 +741,15 @@ def brier_score(probs: ArrayLike, labels: ArrayLike) -> float:
         >>> round(brier_score(probs, torch.tensor([0, 1, 1, 0])), 4)
         0.2687
     """
-    array, classes = _prepare(probs, labels)
+    array, classes = _prepare(probs, labels, ignore_index)
     onehot = np.zeros_like(array)
     onehot[np.arange(array.shape[0]), classes] = 1.0
     return float(np.mean(np.sum((array - onehot) ** 2, axis=1)))
 
 
-def negative_log_likelihood(probs: ArrayLike, labels: ArrayLike) -> float:
+def negative_log_likelihood(
+    probs: ArrayLike, labels: ArrayLike, *, ignore_index: int | None = None
+) -> float:
     r"""Mean negative log-likelihood of the labels, from probabilities.
 
     .. math::
@@ -564,7 +765,7 @@ def negative_log_likelihood(probs: ArrayLike, labels: ArrayLike) -> float:
         >>> round(negative_log_likelihood(probs, torch.tensor([0, 1])), 4)
         0.4904
     """
-    array, classes = _prepare(probs, labels)
+    array, classes = _prepare(probs, labels, ignore_index)
     picked = array[np.arange(array.shape[0]), classes]
     with np.errstate(divide="ignore"):
         return float(-np.mean(np.log(picked)))
@@ -575,7 +776,9 @@ def negative_log_likelihood(probs: ArrayLike, labels: ArrayLike) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def risk_coverage_curve(probs: ArrayLike, labels: ArrayLike) -> RiskCoverageCurve:
+def risk_coverage_curve(
+    probs: ArrayLike, labels: ArrayLike, *, ignore_index: int | None = None
+) -> RiskCoverageCurve:
     r"""Risk-coverage curve of selection by maximum probability (Geifman & El-Yaniv 2017).
 
     Sorting the samples by confidence :math:`\hat p_i = \max_c p_{ic}`, accepting those with
@@ -590,8 +793,12 @@ def risk_coverage_curve(probs: ArrayLike, labels: ArrayLike) -> RiskCoverageCurv
         >>> curve.coverage.tolist(), curve.risk.round(4).tolist()
         ([0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.0, 0.25])
     """
-    array, classes = _prepare(probs, labels)
-    confidence, correct = _top_label(array, classes)
+    array, classes = _prepare(probs, labels, ignore_index)
+    return _risk_coverage(*_top_label(array, classes))
+
+
+def _risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> RiskCoverageCurve:
+    """The curve of :func:`risk_coverage_curve` from (confidence, correct) per sample."""
     order = np.argsort(-confidence, kind="stable")
     sorted_confidence = confidence[order]
     errors = np.cumsum(1.0 - correct[order])
@@ -599,13 +806,13 @@ def risk_coverage_curve(probs: ArrayLike, labels: ArrayLike) -> RiskCoverageCurv
     last = np.flatnonzero(np.append(np.diff(sorted_confidence) != 0, True))
     accepted = last + 1.0
     return RiskCoverageCurve(
-        coverage=accepted / array.shape[0],
+        coverage=accepted / confidence.shape[0],
         risk=errors[last] / accepted,
         threshold=sorted_confidence[last],
     )
 
 
-def aurc(probs: ArrayLike, labels: ArrayLike) -> float:
+def aurc(probs: ArrayLike, labels: ArrayLike, *, ignore_index: int | None = None) -> float:
     r"""Area under the risk-coverage curve of maximum-probability selection (lower is better).
 
     .. math::
@@ -622,10 +829,10 @@ def aurc(probs: ArrayLike, labels: ArrayLike) -> float:
         >>> aurc(probs, torch.tensor([0, 1, 1, 0]))
         0.0625
     """
-    return risk_coverage_curve(probs, labels).aurc
+    return risk_coverage_curve(probs, labels, ignore_index=ignore_index).aurc
 
 
-def excess_aurc(probs: ArrayLike, labels: ArrayLike) -> float:
+def excess_aurc(probs: ArrayLike, labels: ArrayLike, *, ignore_index: int | None = None) -> float:
     r"""AURC minus the smallest AURC any ranking could reach at the same error rate (E-AURC).
 
     .. math::
@@ -643,11 +850,14 @@ def excess_aurc(probs: ArrayLike, labels: ArrayLike) -> float:
         >>> round(excess_aurc(probs, torch.tensor([0, 1, 1, 0])), 4)
         0.0283
     """
-    array, classes = _prepare(probs, labels)
-    _, correct = _top_label(array, classes)
+    array, classes = _prepare(probs, labels, ignore_index)
+    return _excess_aurc(*_top_label(array, classes))
+
+
+def _excess_aurc(confidence: np.ndarray, correct: np.ndarray) -> float:
     error = 1.0 - float(np.mean(correct))
     optimal = 1.0 if error >= 1.0 else error + (1.0 - error) * math.log1p(-error)
-    return risk_coverage_curve(array, classes).aurc - optimal
+    return _risk_coverage(confidence, correct).aurc - optimal
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,7 +897,7 @@ def _check_scores(scores: object, ndim: int) -> np.ndarray:
     return array
 
 
-def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
+def auroc(scores: ArrayLike, labels: ArrayLike, *, ignore_index: int | None = None) -> float:
     r"""Area under the ROC curve of a binary task, by the rank (Mann-Whitney) formula.
 
     .. math::
@@ -700,6 +910,7 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
     Args:
         scores: (N,) scores, probabilities or logits (only their order matters).
         labels: (N,) 0/1 indicators (bool, integer or float).
+        ignore_index: samples whose label equals it are dropped first (None: keep all).
 
     Raises:
         ValueError: if ``labels`` holds only one class (AUROC is undefined).
@@ -708,8 +919,12 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
         >>> auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1]))
         0.75
     """
+    ignore_index = _check_ignore_index(ignore_index)
     columns = _check_scores(scores, 1)
-    targets = _check_binary_labels(labels, (columns.shape[0],), "scores")
+    targets = _check_binary_labels(labels, (columns.shape[0],), "scores", ignore_index)
+    keep = _kept(targets, ignore_index)
+    if keep is not None:
+        columns, targets = columns[keep], targets[keep]
     value = _auroc_column(columns[:, 0], targets)
     if math.isnan(value):
         present = int(targets[0])
@@ -721,7 +936,11 @@ def auroc(scores: ArrayLike, labels: ArrayLike) -> float:
 
 
 def multilabel_auroc(
-    scores: ArrayLike, labels: ArrayLike, average: str = "macro"
+    scores: ArrayLike,
+    labels: ArrayLike,
+    average: str = "macro",
+    *,
+    ignore_index: int | None = None,
 ) -> float | list[float]:
     r"""AUROC of every label of a multi-label task (:func:`auroc` per column), macro-averaged.
 
@@ -733,6 +952,8 @@ def multilabel_auroc(
         scores: (N, L) scores, probabilities or logits (only their order matters).
         labels: (N, L) 0/1 indicators (bool, integer or float).
         average: ``"macro"`` (a float) or ``"none"`` (a list with one entry per label).
+        ignore_index: entries of ``labels`` equal to it are dropped, per label (None: keep
+            all); a label left with only one class, or none, has no AUROC (as above).
 
     Example:
         >>> scores = torch.tensor([[0.1, 0.9], [0.4, 0.8], [0.35, 0.7], [0.8, 0.2]])
@@ -743,9 +964,14 @@ def multilabel_auroc(
         0.75
     """
     average = _checks.check_choice("average", average, AVERAGES)
+    ignore_index = _check_ignore_index(ignore_index)
     columns = _check_scores(scores, 2)
-    targets = _check_binary_labels(labels, columns.shape, "scores")
-    values = [_auroc_column(columns[:, j], targets[:, j]) for j in range(columns.shape[1])]
+    targets = _check_binary_labels(labels, columns.shape, "scores", ignore_index)
+    keep = _kept_columns(targets, ignore_index, require_each=False)
+    values = []
+    for j in range(columns.shape[1]):
+        rows = slice(None) if keep is None else keep[:, j]
+        values.append(_auroc_column(columns[rows, j], targets[rows, j]))
     if average == "none":
         return values
     defined = [v for v in values if not math.isnan(v)]
@@ -762,13 +988,45 @@ def multilabel_auroc(
 # --------------------------------------------------------------------------------------------
 
 
-def _nll_slope(beta: float, logits: np.ndarray, picked: np.ndarray) -> float:
-    """d/d(beta) of the mean NLL of softmax(beta * logits): mean(E_p[z] - z_y)."""
+def _nll_slopes(beta: float, logits: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """Per row, d/d(beta) of the NLL of softmax(beta * logits): E_p[z] - z_y."""
     scaled = beta * logits
     scaled -= scaled.max(axis=1, keepdims=True)
     weights = np.exp(scaled)
     weights /= weights.sum(axis=1, keepdims=True)
-    return float(np.mean(np.sum(weights * (logits - picked[:, None]), axis=1)))
+    return np.sum(weights * (logits - picked[:, None]), axis=1)
+
+
+def _nll_slope(beta: float, logits: np.ndarray, picked: np.ndarray) -> float:
+    """d/d(beta) of the mean NLL of softmax(beta * logits): mean(E_p[z] - z_y)."""
+    return float(np.mean(_nll_slopes(beta, logits, picked)))
+
+
+def _bisect_temperature(
+    slope: Callable[[float], float], constant: bool, lowest: float, highest: float
+) -> float:
+    """The root of the non-decreasing ``slope(beta)`` as T = 1/beta, clipped to the bounds.
+
+    ``constant``: the NLL does not depend on T (every row of logits constant), result 1.0.
+    The number of ``slope`` calls depends on the bounds only, never on the data (the
+    streaming :class:`~labelsmooth.streaming.TemperatureFit` relies on this: each call is a
+    collective).
+    """
+    if constant:
+        return float(min(max(1.0, lowest), highest))
+    low, high = math.log(1.0 / highest), math.log(1.0 / lowest)  # log beta
+    low_slope, high_slope = slope(math.exp(low)), slope(math.exp(high))
+    if low_slope >= 0:
+        return float(highest)
+    if high_slope <= 0:
+        return float(lowest)
+    while high - low > 1e-12:
+        middle = 0.5 * (low + high)
+        if slope(math.exp(middle)) < 0:
+            low = middle
+        else:
+            high = middle
+    return float(min(max(math.exp(-0.5 * (low + high)), lowest), highest))
 
 
 def fit_temperature(
@@ -776,6 +1034,7 @@ def fit_temperature(
     labels: ArrayLike,
     *,
     bounds: tuple[float, float] = (1e-2, 1e2),
+    ignore_index: int | None = None,
 ) -> float:
     r"""Temperature scaling (Guo et al. 2017): the T > 0 minimising the NLL of softmax(z / T).
 
@@ -796,6 +1055,8 @@ def fit_temperature(
         logits: (N, C) finite logits (not probabilities).
         labels: (N,) integer class indices.
         bounds: (lowest, highest) temperature, 0 < lowest < highest < inf.
+        ignore_index: rows whose label equals it are dropped first (None: keep all); only
+            the kept rows must be finite.
 
     Returns:
         A float in ``[bounds[0], bounds[1]]``.
@@ -806,24 +1067,13 @@ def fit_temperature(
         >>> round(fit_temperature(logits, labels), 4)  # p = 3/4 is optimal: T = 2 / log 3
         1.8205
     """
-    array = _check_logits(logits)
-    classes = _check_labels(labels, array.shape[0], array.shape[1], "logits")
+    array, classes = _prepare_logits(logits, labels, ignore_index)
     lowest, highest = _check_bounds(bounds)
-    if np.all(array.max(axis=1) == array.min(axis=1)):
-        return float(min(max(1.0, lowest), highest))
+    constant = bool(np.all(array.max(axis=1) == array.min(axis=1)))
     picked = array[np.arange(array.shape[0]), classes]
-    low, high = math.log(1.0 / highest), math.log(1.0 / lowest)  # log beta
-    if _nll_slope(math.exp(low), array, picked) >= 0:
-        return float(highest)
-    if _nll_slope(math.exp(high), array, picked) <= 0:
-        return float(lowest)
-    while high - low > 1e-12:
-        middle = 0.5 * (low + high)
-        if _nll_slope(math.exp(middle), array, picked) < 0:
-            low = middle
-        else:
-            high = middle
-    return float(min(max(math.exp(-0.5 * (low + high)), lowest), highest))
+    return _bisect_temperature(
+        lambda beta: _nll_slope(beta, array, picked), constant, lowest, highest
+    )
 
 
 def _check_bounds(bounds: object) -> tuple[float, float]:
