@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import labelsmooth as ls
+
+# Random probability targets have mass on every class, so smoothing them warns
+# (DoubleSmoothingWarning); the tests of that warning below set their own filters.
+pytestmark = pytest.mark.filterwarnings("ignore::labelsmooth.DoubleSmoothingWarning")
 
 IMPLS = ["auto", "torch", "reference"]
 
@@ -576,3 +581,70 @@ def test_single_class_others_needs_zero_eps():
         torch.randn(3, 1), torch.zeros(3, dtype=torch.long), 0.0, style="others"
     )
     assert loss.item() == 0.0
+
+
+# --- Probability targets smoothed twice (timm's Mixup with label_smoothing) -------------------
+
+
+def _timm_mixup_target(eps, num_classes=10, n=8):
+    """timm's mixup_target: lam * smoothed_onehot(a) + (1 - lam) * smoothed_onehot(b)."""
+    a = torch.randint(0, num_classes, (n,))
+    b = a.flip(0)
+    lam = 0.7
+    return lam * ls.smooth_labels(a, num_classes, eps) + (1 - lam) * ls.smooth_labels(
+        b, num_classes, eps
+    )
+
+
+def test_smoothed_probability_targets_warn_once_at_the_call_site():
+    logits, target = torch.randn(8, 10), _timm_mixup_target(0.1)
+    with pytest.warns(ls.DoubleSmoothingWarning, match=r"smoothed already.*eps=0\.1") as record:
+        ls.cross_entropy(logits, target, 0.1)
+    assert len(record) == 1
+    assert record[0].filename == __file__  # points at the caller, not into the library
+    assert issubclass(ls.DoubleSmoothingWarning, UserWarning)
+
+
+@pytest.mark.parametrize(
+    "case", ["one-hot", "mixup-unsmoothed", "eps=0", "validate=False", "filtered"]
+)
+def test_double_smoothing_warning_is_not_raised(case):
+    logits = torch.randn(8, 10)
+    index = torch.randint(0, 10, (8,))
+    target, kwargs = _timm_mixup_target(0.1), {}
+    if case == "one-hot":
+        target = F.one_hot(index, 10).float()
+    elif case == "mixup-unsmoothed":
+        target = _timm_mixup_target(0.0)
+    elif case == "eps=0":
+        target, kwargs = _timm_mixup_target(0.1), {"eps": 0.0}
+    elif case == "validate=False":
+        kwargs = {"validate": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if case == "filtered":
+            warnings.filterwarnings("ignore", category=ls.DoubleSmoothingWarning)
+        ls.cross_entropy(logits, target, **{"eps": 0.1, **kwargs})
+
+
+def test_double_smoothing_check_is_skipped_while_tracing():
+    logits, target = torch.randn(8, 10), _timm_mixup_target(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.func.grad(ls.cross_entropy)(logits, target, 0.1)
+
+
+def test_timm_binary_cross_entropy_row():
+    """timm's BinaryCrossEntropy(smoothing=s) on class indices, typed out: off = s / C and
+    on = 1 - s + s / C, then BCE with logits, mean over elements."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,), generator=generator)
+    smoothing, classes = 0.1, x.shape[-1]
+    off, on = smoothing / classes, 1.0 - smoothing + smoothing / classes
+    timm_target = torch.full((6, classes), off, dtype=torch.float64).scatter_(1, y[:, None], on)
+    expected = F.binary_cross_entropy_with_logits(x, timm_target)
+    ours = F.binary_cross_entropy_with_logits(
+        x, ls.smooth_labels(y, classes, smoothing, dtype=torch.float64)
+    )
+    assert torch.allclose(ours, expected, rtol=0, atol=1e-12)

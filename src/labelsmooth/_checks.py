@@ -4,6 +4,12 @@ Each check raises before any work is done, with a message that names the argumen
 that was given and what is allowed: ``ValueError`` for values, ``TypeError`` for dtypes and
 types. Targets (``targets.py``), losses (``functional.py``) and modules (``nn.py``) all call
 these functions rather than testing arguments themselves.
+
+Checks of *values* held in tensors (class indices in range, binary targets in [0, 1], finite
+weights, a prior that sums to 1) need a host sync, which a tracer cannot do: under
+``torch.compile`` it is a graph break (an error with ``fullgraph=True``) and under a
+``torch.func`` transform (``grad``, ``vmap``, ...) an error. They are skipped while
+:func:`tracing`; checks of types, shapes and Python numbers always run.
 """
 
 from __future__ import annotations
@@ -23,6 +29,35 @@ REDUCTIONS = ("none", "mean", "sum")
 _BOUND_SLACK = 1e-12
 # How far sum(prior) may be from 1.
 _PRIOR_SUM_TOL = 1e-4
+
+
+def _functorch_active() -> bool:
+    try:
+        return bool(torch._C._are_functorch_transforms_active())
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def _functorch_wrapped(tensor: object) -> bool:
+    try:
+        return isinstance(tensor, Tensor) and bool(
+            torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+        )
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def tracing(*tensors: object) -> bool:
+    """Whether this call is being traced, so that no value of a tensor may reach the host.
+
+    True inside ``torch.compile`` (``torch.compiler.is_compiling()``), while a ``torch.func``
+    transform (``grad``, ``vmap``, ``jacrev``, ...) is active, or when one of ``tensors`` is
+    wrapped by one. Value checks that need a host sync are skipped then, and
+    ``impl="auto"`` takes the pure-torch closed form.
+    """
+    if torch.compiler.is_compiling():
+        return True
+    return _functorch_active() or any(_functorch_wrapped(t) for t in tensors)
 
 
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
@@ -179,6 +214,8 @@ def check_prior(
             f"prior= replaces the uniform eps/K and needs style='uniform', got style={style!r}"
         )
     tensor = as_float_vector("prior", prior, num_classes, device, torch.float64)
+    if tracing(tensor):  # finite, >= 0 and sum 1 are values: not checked while tracing
+        return tensor.to(dtype)
     if not bool(torch.isfinite(tensor).all()) or bool((tensor < 0).any()):
         raise ValueError(f"prior must be finite and >= 0, got prior={_short(tensor)}")
     total = float(tensor.sum())
@@ -229,8 +266,8 @@ def check_weight(
 
 
 def check_finite_vector(name: str, tensor: Tensor) -> None:
-    """Every entry finite (host sync; skipped while torch.compile traces)."""
-    if torch.compiler.is_compiling() or tensor.numel() == 0:
+    """Every entry finite (host sync; skipped while :func:`tracing`)."""
+    if tensor.numel() == 0 or tracing(tensor):
         return
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
@@ -239,7 +276,11 @@ def check_finite_vector(name: str, tensor: Tensor) -> None:
 
 
 def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | None) -> None:
-    """Every entry of ``target`` is a class index in [0, K) or ``ignore_index`` (host sync)."""
+    """Every entry of ``target`` is a class index in [0, K) or ``ignore_index`` (host sync).
+
+    Callers skip it while :func:`tracing` (it would fail there) and must then keep an
+    unchecked index from being taken for a class, as with ``validate=False``.
+    """
     if target.numel() == 0:
         return
     valid = (target >= 0) & (target < num_classes)
@@ -256,8 +297,8 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | No
 
 
 def check_unit_interval(name: str, tensor: Tensor) -> None:
-    """Binary targets must lie in [0, 1] (host sync)."""
-    if tensor.numel() == 0:
+    """Binary targets must lie in [0, 1] (host sync; skipped while :func:`tracing`)."""
+    if tensor.numel() == 0 or tracing(tensor):
         return
     outside = ~((tensor >= 0) & (tensor <= 1))  # NaN counts as outside
     if bool(outside.any()):

@@ -95,7 +95,8 @@ def closed_form(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, T
     smoothing = offset if weight is None else offset * weight
     if isinstance(smoothing, Tensor):
         # logp = -inf on a class of zero target mass must add 0, not 0 * -inf = nan.
-        if bool((smoothing == 0).any()):
+        # (Always while tracing: the test would be a host sync.)
+        if problem.traced or bool((smoothing == 0).any()):
             log_probs = torch.where(smoothing == 0, 0.0, log_probs)
         loss = loss - log_probs @ smoothing
     else:

@@ -34,6 +34,9 @@ class CrossEntropyProblem:
     implementation takes it for a class (``weight[-1]`` would silently be the last class's
     weight) or for an ignored element (it would silently change the ``"mean"`` denominator):
     like any index >= K, it makes the call fail (see :func:`labelsmooth.cross_entropy`).
+    While ``traced`` (inside ``torch.compile`` or a ``torch.func`` transform, see
+    :func:`labelsmooth._checks.tracing`) the indices are treated the same way, unchecked, and
+    implementations must not read tensor values on the host.
     """
 
     logits: Tensor
@@ -51,6 +54,7 @@ class CrossEntropyProblem:
     z_loss: float = 0.0
     softcap: float | None = None
     inplace: bool = False
+    traced: bool = False
 
     @property
     def soft(self) -> bool:
@@ -79,7 +83,11 @@ def prepare(
     inplace: bool = False,
 ) -> CrossEntropyProblem:
     """Checks the arguments of :func:`labelsmooth.cross_entropy` (before any work) and
-    flattens them to rows."""
+    flattens them to rows.
+
+    While tracing (:func:`labelsmooth._checks.tracing`) the class indices are not checked,
+    whatever ``validate`` says, and are handled as with ``validate=False``.
+    """
     input = _checks.check_logits(input)
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -127,7 +135,9 @@ def prepare(
     dtype = _checks.compute_dtype(input.dtype)
     prior_t = _checks.check_prior(prior, num_classes, style, input.device, dtype)
     weight_t = _checks.check_weight(weight, num_classes, input.device, dtype)
-    if validate and not soft:
+    traced = _checks.tracing(input, target, weight, prior)
+    checked = validate and not traced
+    if checked and not soft:
         _checks.check_class_indices(target, num_classes, ignore_index)
 
     logits = input.movedim(class_dim, -1).reshape(-1, num_classes)
@@ -138,7 +148,7 @@ def prepare(
         flat = target.reshape(-1).long()
         valid = flat != ignore_index
         rows = flat.masked_fill(~valid, 0)
-        if not validate:
+        if not checked:
             # Unchecked: a negative index other than ignore_index is out of range like one
             # >= K, never a class (no wrap-around) and never ignored (see the class docstring).
             rows = rows.masked_fill(rows < 0, num_classes)
@@ -158,4 +168,5 @@ def prepare(
         z_loss=z_loss,
         softcap=softcap,
         inplace=inplace,
+        traced=traced,
     )

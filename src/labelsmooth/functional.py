@@ -9,6 +9,7 @@ accumulates in float32 whatever the input dtype (float64 stays float64).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +26,7 @@ from .targets import smooth_binary
 
 __all__ = [
     "IMPLS",
+    "DoubleSmoothingWarning",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "linear_cross_entropy",
@@ -42,11 +44,25 @@ IMPLS: dict[str, Implementation] = {
 }
 
 
+class DoubleSmoothingWarning(UserWarning):
+    """:func:`cross_entropy` was given probability targets that look smoothed already.
+
+    Emitted when ``eps != 0`` and every entry of the target is > 0 (as after timm's ``Mixup``
+    or ``CutMix`` with ``label_smoothing``): the targets are then smoothed a second time.
+    Pass ``eps=0`` if the targets carry the smoothing already; silence it with
+    ``warnings.filterwarnings("ignore", category=labelsmooth.DoubleSmoothingWarning)``. The
+    test costs one host sync per call; ``validate=False`` skips it, and it is skipped under
+    ``torch.compile`` and ``torch.func`` transforms.
+    """
+
+
 def auto_impl(problem: CrossEntropyProblem) -> str:
     """The name ``impl="auto"`` picks for a checked problem (see :func:`cross_entropy`)."""
     logits = problem.logits
-    if getattr(torch.compiler, "is_compiling", lambda: False)():
-        return "torch"  # traceable by torch.compile; the kernels would break the graph
+    if problem.traced:
+        # torch.compile / torch.func: the closed form is plain torch and traces (no graph
+        # break, vmap and grad rules for every op); the kernels' autograd functions do not.
+        return "torch"
     if problem.soft or logits.dtype == torch.float64:
         return "torch"
     if logits.numel() < kernels.AUTO_MIN_ELEMENTS:
@@ -68,6 +84,25 @@ def _resolve_impl(impl: object) -> Implementation:
     if impl == "auto":
         return _auto
     return IMPLS[impl]  # type: ignore[index]
+
+
+def _warn_if_smoothed_twice(problem: CrossEntropyProblem) -> None:
+    """Warns (:class:`DoubleSmoothingWarning`) when probability targets already have mass on
+    every class and are smoothed again (one host sync; callers skip it while tracing)."""
+    target = problem.target
+    if target.numel() == 0:
+        return
+    smallest = float(target.detach().min())
+    if smallest > 0:
+        warnings.warn(
+            f"cross_entropy: every entry of the probability target is > 0 (smallest "
+            f"{smallest:.4g}), so it looks smoothed already (e.g. by Mixup/CutMix with "
+            f"label_smoothing), and eps={problem.eps:g} smooths it again. Pass eps=0 to use the "
+            f"targets as they are, or silence this with warnings.filterwarnings('ignore', "
+            f"category=labelsmooth.DoubleSmoothingWarning).",
+            DoubleSmoothingWarning,
+            stacklevel=3,
+        )
 
 
 def _reduce(values: Tensor, problem: CrossEntropyProblem, input_dtype: torch.dtype) -> Tensor:
@@ -121,7 +156,11 @@ def cross_entropy(
     That is :math:`\sum_c w_c \tilde t_c (-\log p_c)` with the smoothed target
     :math:`\tilde t` of :func:`labelsmooth.smooth_labels`; for hard labels it is computed in
     closed form, without building the dense target. Probability targets (same shape as
-    ``input``, e.g. mixup) are smoothed the same way.
+    ``input``, e.g. mixup) are smoothed the same way. Probability targets that already have
+    mass on every class (as timm's ``Mixup`` with ``label_smoothing`` makes them) would be
+    smoothed twice: with ``eps != 0`` that gives a :class:`DoubleSmoothingWarning` (a
+    ``UserWarning``; filter it by its category to silence it; pass ``eps=0`` to use such
+    targets as they are).
 
     Reductions follow PyTorch: ``"mean"`` divides by :math:`\sum w_y` over non-ignored
     elements (by the number of elements for probability targets); ``"sum"``; ``"none"``
@@ -157,9 +196,18 @@ def cross_entropy(
       for float32/bfloat16/float16; probability targets and float64 take ``"chunked"``.
     * ``"auto"``: ``"torch"`` for probability targets, float64, inputs with fewer than
       ``labelsmooth.kernels.AUTO_MIN_ELEMENTS`` logits (the kernels' set-up would not pay
-      off) and inside ``torch.compile``; otherwise ``"compiled"`` on CPU when the C++ kernel
+      off) and while tracing (see below); otherwise ``"compiled"`` on CPU when the C++ kernel
       builds, else ``"chunked"`` (CUDA included: the Triton kernel is tested under the
       interpreter but not yet measured on a GPU, so it is opt-in with ``impl="triton"``).
+
+    Tracing: ``torch.compile(cross_entropy, fullgraph=True)``, ``torch.func.grad``,
+    ``vmap``, ``jacrev`` and the like work with the default arguments. While traced, no
+    tensor value reaches the host: ``impl="auto"`` takes ``"torch"`` (the fused kernels are
+    not traceable; do not name them explicitly there), and the checks that would read values
+    are skipped — class indices in range (as with ``validate=False``), ``weight`` finite,
+    ``prior`` finite, >= 0 and summing to 1, and the :class:`DoubleSmoothingWarning`. Types,
+    shapes, ``eps`` and the other Python arguments are checked as always; check the values
+    eagerly (or in the data pipeline) if they may be wrong.
 
     ``inplace=True`` allows the fused kernels to write the gradient into the logits' own
     memory (as Liger-Kernel does), so that no (M, K) buffer is allocated at all. The values of
@@ -193,8 +241,10 @@ def cross_entropy(
         z_loss: coefficient λ >= 0 of the z-loss; 0 switches it off.
         softcap: ``None`` or s > 0, the soft-cap of the logits.
         inplace: allow the fused kernels to overwrite ``input`` with the gradient.
-        validate: check that class indices are in range (one host sync). Turn off for speed
-            once the data pipeline is trusted. Unchecked, an index outside [0, C) other than
+        validate: check that class indices are in range (one host sync), and for probability
+            targets whether they look smoothed already (:class:`DoubleSmoothingWarning`, one
+            host sync). Turn off for speed once the data pipeline is trusted; skipped anyway
+            while tracing (see above). Unchecked, an index outside [0, C) other than
             ``ignore_index`` (a negative one included) is never taken for a class nor for an
             ignored element: on CPU the call raises (``ValueError`` from ``"compiled"``,
             ``IndexError``/``RuntimeError`` from the torch paths); on CUDA it fails as
@@ -232,6 +282,8 @@ def cross_entropy(
     )
     return_nll = _checks.check_flag("return_nll", return_nll)
     implementation = _resolve_impl(impl)
+    if problem.soft and problem.eps != 0 and validate and not problem.traced:
+        _warn_if_smoothed_twice(problem)
     loss, nll = implementation(problem, return_nll)
     reduced = _reduce(loss, problem, input.dtype)
     if not return_nll:
@@ -257,6 +309,10 @@ def binary_cross_entropy_with_logits(
     :math:`t(1-2\epsilon) + \epsilon` (1 -> 1-eps, 0 -> eps) — and the loss is then exactly
     ``F.binary_cross_entropy_with_logits(input, smoothed, weight, pos_weight=pos_weight,
     reduction=reduction)``, computed in float32 (float64 stays float64).
+
+    ``torch.compile(..., fullgraph=True)``, ``torch.func.grad`` and ``vmap`` work: while traced
+    (see :func:`cross_entropy`) the check that the targets lie in [0, 1] is skipped, since it
+    would read their values on the host; shapes, types and ``eps`` are still checked.
 
     Args:
         input: logits of any shape.

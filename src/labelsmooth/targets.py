@@ -86,6 +86,9 @@ def smooth_labels(
         dtype: result dtype for integer targets (default: ``torch.get_default_dtype()``);
             floating targets keep their dtype.
 
+    Under ``torch.compile`` or a ``torch.func`` transform the class indices (and ``prior``'s
+    values) are not checked, as that would read them on the host; pass ``num_classes`` there.
+
     Returns:
         Tensor of shape ``target.shape + (K,)`` (integer) or ``target.shape`` (floating).
 
@@ -128,7 +131,8 @@ def smooth_labels(
     eps = _checks.check_eps(eps, k, style)
     out_dtype = _checks.check_float_dtype("dtype", dtype)
     prior_t = _checks.check_prior(prior, k, style, target.device, out_dtype)
-    _checks.check_class_indices(target, k, ignore_index=None)
+    if not _checks.tracing(target):
+        _checks.check_class_indices(target, k, ignore_index=None)
     alpha, offset = smoothing_coefficients(eps, k, style, prior_t)
     base = torch.zeros((*target.shape, k), dtype=out_dtype, device=target.device)
     base = base + offset  # broadcasts the offset vector (prior) or scalar
@@ -148,7 +152,8 @@ def smooth_binary(
     * ``others``: ``t (1-2 eps) + eps``, so 1 -> 1-eps and 0 -> eps; eps <= 0.5.
 
     Integer or bool targets (0/1 labels) are accepted and converted to ``dtype``
-    (default ``torch.get_default_dtype()``); floating targets keep their dtype.
+    (default ``torch.get_default_dtype()``); floating targets keep their dtype. That they lie
+    in [0, 1] is checked, except under ``torch.compile`` or a ``torch.func`` transform.
 
     Example:
         >>> smooth_binary(torch.tensor([0.0, 1.0]), 0.1, style="others")
