@@ -13,8 +13,9 @@ $(VENV)/.installed-study: pyproject.toml scripts/install.sh
 	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study
 	touch $@
 
+# The tests also run the integrations' tests, so they install those extras too.
 $(VENV)/.installed-dev: $(VENV)/.installed-study
-	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev
+	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev,hf
 	touch $@
 
 install: $(VENV)/.installed-dev
