@@ -3,7 +3,7 @@
 * ``labelsmooth study``: the main job — trains real models with and without smoothing and
   writes the evidence (results.jsonl, summary.csv, figures, report.html).
 * ``labelsmooth report DIR``: re-renders the report from saved results.
-* ``labelsmooth demo``: a one-minute taste on the bundled digits.
+* ``labelsmooth demo``: a short taste on the bundled digits.
 """
 
 from __future__ import annotations
