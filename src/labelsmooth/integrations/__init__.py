@@ -4,6 +4,9 @@
   causal shift, ``ignore_index`` and ``num_items_in_batch``; the linear head without the
   logits; calibration metrics). Import it explicitly:
   ``import labelsmooth.integrations.hf``.
+* :mod:`labelsmooth.integrations.lightning`: ``CalibrationCallback``, which logs ECE (both
+  binnings), NLL, Brier and AURC of each validation epoch, synced across processes, and a
+  reliability diagram to loggers that take figures.
 """
 
-__all__ = ["hf"]
+__all__ = ["hf", "lightning"]
