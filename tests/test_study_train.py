@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labelsmooth.study.experiments import temperature_scaling
+from labelsmooth.study.outputs import temperature_scaling
 from labelsmooth.study.train import (
     TrainConfig,
     TrainingDivergedError,

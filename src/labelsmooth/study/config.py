@@ -66,6 +66,8 @@ class StudyConfig:
     threads: int = 1
     # parallel worker processes (each with `threads` torch threads); 0: one per CPU core
     workers: int = 0
+    # where the workers run: "local" processes or "ray" actors (the `ray` extra)
+    backend: str = "local"
     # caps on untrusted data files (see labelsmooth.study.data.Limits): bytes of values counted
     # as float64, and classes; 0: the environment variable LABELSMOOTH_MAX_DATA_BYTES /
     # LABELSMOOTH_MAX_CLASSES, else 2 GiB / 1000
@@ -93,7 +95,7 @@ class StudyConfig:
 
 # Settings that change how fast a study runs, or whether a data set is accepted, but never a
 # number it reports.
-RUNTIME_SETTINGS = ("threads", "workers", "max_data_bytes", "max_classes")
+RUNTIME_SETTINGS = ("threads", "workers", "backend", "max_data_bytes", "max_classes")
 
 QUICK = {
     "epochs": 20,
@@ -264,6 +266,8 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
         raise ConfigError(
             f"validation_fraction must be in (0, 0.5), got {config.validation_fraction}"
         )
+    if config.backend not in ("local", "ray"):
+        raise ConfigError(f"backend must be local or ray, got {config.backend!r}")
     if config.select not in SELECT_RULES:
         raise ConfigError(f"select must be one of {', '.join(SELECT_RULES)}, got {config.select!r}")
     if config.workers < 0:

@@ -40,6 +40,14 @@ from ..functional import binary_cross_entropy_with_logits, cross_entropy
 from .config import StudyConfig
 from .data import Split, digits_multilabel, synthetic
 from .models import MLP
+from .outputs import (
+    Arrays,
+    EpochReport,
+    Metrics,
+    Outputs,
+    measure_outputs,
+    run_trial,
+)
 from .train import (
     TrainConfig,
     TrainingDivergedError,
@@ -48,11 +56,6 @@ from .train import (
     predict_logits,
     train_classifier,
 )
-
-Arrays = dict[str, np.ndarray]
-Metrics = dict[str, float]
-
-TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
 
 @dataclass(frozen=True)
@@ -93,44 +96,6 @@ class Plan:
 # ----------------------------------------------------------------------------------------------
 # Measurements
 # ----------------------------------------------------------------------------------------------
-
-
-def classification_metrics(
-    logits: Tensor, labels: Tensor, n_bins: int, eps: float | None = None, style: str = "uniform"
-) -> Metrics:
-    """Accuracy, NLL, ECE (equal-width and equal-mass bins), Brier, AURC, excess AURC,
-    confidence and the mean logit gap (with its theoretical optimum for eps > 0)."""
-    logits = logits.double()
-    probs = logits.softmax(-1).numpy()
-    target = labels.numpy()
-    result = {
-        "accuracy": float((logits.argmax(-1) == labels).double().mean()),
-        "nll": float(cross_entropy(logits, labels, 0.0)),
-        "ece": metrics.expected_calibration_error(probs, target, n_bins),
-        "ece_quantile": metrics.expected_calibration_error(probs, target, n_bins, "quantile"),
-        "brier": metrics.brier_score(probs, target),
-        "aurc": metrics.aurc(probs, target),
-        "excess_aurc": metrics.excess_aurc(probs, target),
-        "confidence": float(probs.max(-1).mean()),
-        "logit_gap": float(np.mean(metrics.logit_gap(logits.numpy()))),
-    }
-    if eps is not None and eps > 0:
-        result["theoretical_gap"] = metrics.theoretical_gap(eps, logits.shape[-1], style)
-    return result
-
-
-def temperature_scaling(val_logits: Tensor, y_val: Tensor) -> tuple[float, bool, float, float]:
-    """(T fitted on validation NLL, whether it is usable, val NLL before, val NLL after).
-
-    Usable means strictly inside the search bounds and lowering the validation NLL.
-    """
-    temperature = metrics.fit_temperature(val_logits, y_val, bounds=TEMPERATURE_BOUNDS)
-    logits = val_logits.double()
-    before = float(cross_entropy(logits, y_val, 0.0))
-    after = float(cross_entropy(logits / temperature, y_val, 0.0))
-    low, high = TEMPERATURE_BOUNDS
-    inside = low * (1 + 1e-6) < temperature < high * (1 - 1e-6)
-    return temperature, bool(inside and after < before), before, after
 
 
 @dataclass(frozen=True)
@@ -219,6 +184,27 @@ def _features(model: MLP, x: Tensor, device: str) -> Tensor:
     return model.features(x.to(device)).cpu()
 
 
+def classifier_outputs(
+    result: TrainResult, part: SeedData, config: StudyConfig, *, y_val: Tensor | None = None
+) -> Outputs:
+    """The :class:`~labelsmooth.study.outputs.Outputs` of a trained MLP: the kept model's
+    validation and test logits, and the final epoch's test logits when it kept an earlier one.
+    """
+    model = result.model
+    final = None
+    if result.best_epoch != result.epochs:
+        final = _logits(result.final_model(), part.x_test, config.device)
+    return Outputs(
+        val_logits=_logits(model, part.x_val, config.device),
+        val_labels=part.y_val if y_val is None else y_val,
+        test_logits=_logits(model, part.x_test, config.device),
+        test_labels=part.y_test,
+        final_test_logits=final,
+        best_epoch=result.best_epoch,
+        epochs=result.epochs,
+    )
+
+
 def measure_classifier(
     result: TrainResult,
     part: SeedData,
@@ -228,46 +214,48 @@ def measure_classifier(
     eps: float | None = None,
     style: str = "uniform",
 ) -> tuple[Metrics, Tensor, float]:
-    """Every metric of a trained classifier: (metrics, test logits, applied temperature).
-
-    Test metrics of the kept model, its validation accuracy/NLL and best epoch, the final
-    epoch's test accuracy/NLL/ECE (``final_*``), and the test metrics after temperature
-    scaling (``ts_*``) with T fitted on the validation labels ``y_val`` (noisy where the
-    training labels were).
-    """
-    model = result.model
-    y_val = part.y_val if y_val is None else y_val
-    test_logits = _logits(model, part.x_test, config.device)
-    val_logits = _logits(model, part.x_val, config.device)
-    out = classification_metrics(test_logits, part.y_test, config.n_bins, eps, style)
-    temperature, usable, val_nll, val_nll_ts = temperature_scaling(val_logits, y_val)
-    applied = temperature if usable else 1.0
-    scaled = classification_metrics(test_logits / applied, part.y_test, config.n_bins)
-    out.update({f"ts_{name}": value for name, value in scaled.items()})
-    out.update(
-        {
-            "val_accuracy": float((val_logits.argmax(-1) == y_val).double().mean()),
-            "val_nll": val_nll,
-            "val_nll_ts": val_nll_ts if usable else val_nll,
-            "temperature": temperature,
-            "temperature_applied": applied,
-            "temperature_ok": float(usable),
-            "best_epoch": float(result.best_epoch),
-        }
-    )
-    if result.best_epoch != result.epochs:
-        final = classification_metrics(
-            _logits(result.final_model(), part.x_test, config.device), part.y_test, config.n_bins
-        )
-    else:
-        final = out
-    out.update({f"final_{name}": final[name] for name in ("accuracy", "nll", "ece")})
-    return out, test_logits, applied
+    """Every metric of a trained MLP (:func:`~labelsmooth.study.outputs.measure_outputs`):
+    (metrics, test logits, applied temperature). ``y_val``: the validation labels the
+    temperature is fitted on (noisy where the training labels were)."""
+    outputs = classifier_outputs(result, part, config, y_val=y_val)
+    measured, applied = measure_outputs(outputs, config.n_bins, eps=eps, style=style)
+    return measured, outputs.test_logits, applied
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. eps sweep (two settings) with temperature scaling of every model
 # ----------------------------------------------------------------------------------------------
+
+
+def mlp_train_function(
+    data: Split, config: StudyConfig, epochs: int, *, projection: bool = False
+) -> Callable[[float, str, int, EpochReport], Outputs]:
+    """The CLI study's training function for :func:`~labelsmooth.study.outputs.run_trial`:
+    ``train(eps, style, seed, report)`` trains the study's MLP on ``data`` with
+    ``labelsmooth.cross_entropy(eps, style)`` and returns its outputs (the same signature a
+    user gives :class:`labelsmooth.study.Sweep`). The MLP's loop keeps the best validation
+    epoch itself, by the same rule as ``report``."""
+
+    def train(eps: float, style: str, seed: int, report: EpochReport) -> Outputs:
+        part = seed_data(data, config, seed)
+
+        def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
+            return cross_entropy(logits, target, eps, style=style)
+
+        trained = _fit(part, config, loss_fn, seed, epochs=epochs)
+        outputs = classifier_outputs(trained, part, config)
+        if projection:
+            classifier = trained.model.classifier
+            outputs.arrays.update(
+                {
+                    "features": _features(trained.model, part.x_test, config.device).numpy(),
+                    "weight": classifier.weight.detach().cpu().numpy(),
+                    "bias": classifier.bias.detach().cpu().numpy(),
+                }
+            )
+        return outputs
+
+    return train
 
 
 def _sweep_run(
@@ -280,33 +268,18 @@ def _sweep_run(
     keep_arrays: bool,
     projection: bool,
 ) -> Callable[[RunContext], tuple[Metrics, Arrays | None]]:
+    train = mlp_train_function(data, config, epochs, projection=projection and keep_arrays)
+
     def execute(_: RunContext) -> tuple[Metrics, Arrays | None]:
-        part = seed_data(data, config, seed)
-
-        def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
-            return cross_entropy(logits, target, eps, style=style)
-
-        trained = _fit(part, config, loss_fn, seed, epochs=epochs)
-        result, test_logits, applied = measure_classifier(
-            trained, part, config, eps=eps, style=style
+        return run_trial(
+            train,
+            eps,
+            style,
+            seed,
+            select=config.select,
+            n_bins=config.n_bins,
+            keep_arrays=keep_arrays,
         )
-        arrays = None
-        if keep_arrays:
-            arrays = {
-                "logits": test_logits.numpy(),
-                "labels": part.y_test.numpy(),
-                "temperature": np.array(applied),
-            }
-            if projection:
-                classifier = trained.model.classifier
-                arrays.update(
-                    {
-                        "features": _features(trained.model, part.x_test, config.device).numpy(),
-                        "weight": classifier.weight.detach().cpu().numpy(),
-                        "bias": classifier.bias.detach().cpu().numpy(),
-                    }
-                )
-        return result, arrays
 
     return execute
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .experiments import TEMPERATURE_BOUNDS
+from .outputs import TEMPERATURE_BOUNDS
 from .stats import (
     Comparison,
     describe,

@@ -155,6 +155,7 @@ def run_study(
             quiet=quiet or not world.is_main,
             stream=stream,
             workers=workers,
+            backend=config.backend if world.size == 1 else "local",
         )
         if world.is_main:
             summary = render_report(out_dir)

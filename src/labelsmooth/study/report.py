@@ -577,6 +577,8 @@ def render_report(directory: str | Path) -> dict[str, Any]:
         "student_width": config.get("student_width"),
         "n_bins": config.get("n_bins", 15),
         "select_text": _select_text(config.get("select", "accuracy")),
+        "model_description": study.get("model_description"),
+        "patience": config.get("patience"),
         "minutes": f"{sum(r.get('seconds', 0) for r in store.records) / 60:.1f}",
         "fingerprint": study.get("fingerprint", "?"),
         "versions": json.dumps(store.records[0].get("versions", {})),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -572,22 +573,30 @@ def run_one(run: Run, context: RunContext) -> Outcome:
     return "ok", metrics, arrays, seconds, None
 
 
-# Worker processes rebuild the plan from the configuration (runs are closures, which do not
-# pickle) and execute runs by key; they never write to the study folder.
+# Worker processes rebuild the plan with a planner (runs are closures, which do not pickle; the
+# planner is a picklable callable that returns them) and execute runs by key; they never write
+# to the study folder.
 _WORKER_RUNS: dict[str, Run] = {}
 _WORKER_DIRECTORY: Path | None = None
 
+Planner = Callable[[], "list[Run]"]
 
-def _worker_init(config: StudyConfig, directory: str, threads: int) -> None:
-    global _WORKER_DIRECTORY
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-    if threads:
-        torch.set_num_threads(threads)
+
+def plan_from_config(config: StudyConfig) -> list[Run]:
+    """The CLI study's runs for ``config`` (the planner of its worker processes)."""
     from .experiments import plan
     from .prepare import prepare_data
 
     data, _ = prepare_data(config)
-    _WORKER_RUNS.update({run.key: run for run in plan(data, config).runs})
+    return plan(data, config).runs
+
+
+def _worker_init(planner: Planner, directory: str, threads: int) -> None:
+    global _WORKER_DIRECTORY
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    if threads:
+        torch.set_num_threads(threads)
+    _WORKER_RUNS.update({run.key: run for run in planner()})
     _WORKER_DIRECTORY = Path(directory)
 
 
@@ -601,22 +610,35 @@ def default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
+BACKENDS = ("local", "ray")
+
+
 def execute_plan(
     runs: Iterable[Run],
     store: ResultStore,
-    config: StudyConfig,
+    config: Any,
     *,
     fingerprint: str = "",
     quiet: bool = False,
     stream: TextIO | None = None,
     workers: int = 1,
+    planner: Planner | None = None,
+    backend: str = "local",
 ) -> int:
     """Runs what is not in ``store`` yet; returns the number of runs computed now.
 
-    With ``workers > 1`` the runs execute in that many spawned processes (one torch thread
-    each by default); a run starts once the runs it depends on have finished. Results are
+    ``config`` is the study's settings (:class:`StudyConfig` or a sweep's): recorded with
+    every result (``as_dict()``); ``threads`` torch threads per worker. With ``workers > 1``
+    the runs execute in that many spawned processes, each building the runs with ``planner``
+    (a picklable callable; default: the CLI study's plan of ``config``). With
+    ``backend="ray"`` they execute as Ray actors on the cluster ``ray.init`` connected to (a
+    local one if none). A run starts once the runs it depends on have finished. Results are
     written by this process only, one atomic replacement of ``results.jsonl`` per run.
     """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if planner is None:
+        planner = functools.partial(plan_from_config, config)
     runs = list(runs)
     keys = [run.key for run in runs]
     if len(set(keys)) != len(keys):
@@ -658,7 +680,11 @@ def execute_plan(
         return None
 
     try:
-        if workers <= 1 or len(pending) <= 1:
+        if backend == "ray" and pending:
+            _execute_ray(
+                pending, store, planner, config.threads, workers, record, blocked_by_failure
+            )
+        elif workers <= 1 or len(pending) <= 1:
             context = RunContext(store.load_arrays)
             for run in pending:
                 progress.show(run.label)
@@ -668,7 +694,9 @@ def execute_plan(
                     continue
                 record(run, run_one(run, context))
         else:
-            _execute_parallel(pending, store, config, workers, record, blocked_by_failure)
+            _execute_parallel(
+                pending, store, planner, config.threads, workers, record, blocked_by_failure
+            )
         progress.show("done")
     finally:
         progress.close()
@@ -678,7 +706,8 @@ def execute_plan(
 def _execute_parallel(
     pending: list[Run],
     store: ResultStore,
-    config: StudyConfig,
+    planner: Planner,
+    threads: int,
     workers: int,
     record: Callable[[Run, Outcome], None],
     blocked_by_failure: Callable[[Run], str | None],
@@ -690,7 +719,7 @@ def _execute_parallel(
     pool = context.Pool(
         min(workers, len(pending)),
         initializer=_worker_init,
-        initargs=(config, str(store.directory), config.threads),
+        initargs=(planner, str(store.directory), threads),
     )
     in_flight = 0
     try:
@@ -727,3 +756,88 @@ def _execute_parallel(
     finally:
         pool.terminate()
         pool.join()
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray: the same runs as actors on a Ray cluster
+# ----------------------------------------------------------------------------------------------
+
+
+class _RayWorker:
+    """One Ray actor: builds the runs once (like a worker process) and executes them by key.
+    The arrays of the runs a run depends on travel with the call: a Ray node need not share
+    the study folder's file system."""
+
+    def __init__(self, planner: Planner, threads: int) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.runs = {run.key: run for run in planner()}
+
+    def run(self, key: str, arrays: dict[str, Arrays]) -> tuple[str, Outcome]:
+        def load(name: str) -> Arrays:
+            return arrays[name]
+
+        return key, run_one(self.runs[key], RunContext(load))
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or :class:`ConfigError` saying how to install it."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigError(
+            'backend "ray" needs Ray: pip install "labelsmooth[ray]" (or pip install ray)'
+        ) from err
+    return ray
+
+
+def _execute_ray(
+    pending: list[Run],
+    store: ResultStore,
+    planner: Planner,
+    threads: int,
+    workers: int,
+    record: Callable[[Run, Outcome], None],
+    blocked_by_failure: Callable[[Run], str | None],
+) -> None:
+    """Runs ``pending`` on ``workers`` Ray actors (``ray.init()`` first if this process is not
+    connected to a cluster yet; that local instance is shut down at the end)."""
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        started = True
+    try:
+        actor = ray.remote(num_cpus=max(1, threads))(_RayWorker)
+        actors = [actor.remote(planner, threads) for _ in range(min(max(workers, 1), len(pending)))]
+        idle = list(actors)
+        by_key = {run.key: run for run in pending}
+        waiting = list(pending)
+        in_flight: dict[Any, Any] = {}  # future -> actor
+        while waiting or in_flight:
+            ready = [run for run in waiting if all(key in store for key in run.depends_on)]
+            for run in ready:
+                if not idle:
+                    break
+                waiting.remove(run)
+                reason = blocked_by_failure(run)
+                if reason is not None:
+                    record(run, ("diverged", None, None, 0.0, reason))
+                    continue
+                arrays = {key: store.load_arrays(key) for key in run.depends_on}
+                worker = idle.pop()
+                in_flight[worker.run.remote(run.key, arrays)] = worker
+            if not in_flight:
+                if waiting and not any(
+                    all(key in store for key in run.depends_on) for run in waiting
+                ):  # pragma: no cover - a dependency outside the plan
+                    raise RuntimeError(f"runs wait for runs not in the plan: {waiting[0].key}")
+                continue
+            done, _ = ray.wait(list(in_flight), num_returns=1)
+            for future in done:
+                idle.append(in_flight.pop(future))
+                key, outcome = ray.get(future)
+                record(by_key[key], outcome)
+    finally:
+        if started:
+            ray.shutdown()
