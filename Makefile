@@ -15,7 +15,7 @@ $(VENV)/.installed-study: pyproject.toml scripts/install.sh
 
 # The tests also run the integrations' tests, so they install those extras too.
 $(VENV)/.installed-dev: $(VENV)/.installed-study
-	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev,hf,lightning
+	VENV=$(VENV) PYTHON=$(PYTHON) bash scripts/install.sh study,dev,hf,lightning,ray
 	touch $@
 
 install: $(VENV)/.installed-dev

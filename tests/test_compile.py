@@ -185,3 +185,78 @@ def test_value_checks_are_skipped_only_while_tracing():
     x = logits.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(x, target), x)
     torch.testing.assert_close(got, expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# The linear head
+# ----------------------------------------------------------------------------------------------
+
+LINEAR_CASES = {
+    "default": {},
+    "bias": {"bias": "bias"},
+    "none+nll": {"reduction": "none", "return_nll": True},
+    "z_loss+softcap+others": {"z_loss": 1e-4, "softcap": 30.0, "style": "others"},
+}
+
+
+def _linear_inputs():
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(8, 16), torch.randn(50, 16)
+    target = torch.randint(0, 50, (8,))
+    target[2] = -100
+    return hidden, weight, target, torch.randn(50)
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_linear_cross_entropy_compiles_fullgraph_with_validation_on(case):
+    hidden, weight, target, bias = _linear_inputs()
+    kwargs = {k: (bias if v == "bias" else v) for k, v in LINEAR_CASES[case].items()}
+
+    def loss(h, w):
+        out = ls.linear_cross_entropy(h, w, target, 0.1, **kwargs)
+        return (out[0] if isinstance(out, tuple) else out).sum()
+
+    def grads(fn):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        value = fn(h, w)
+        return (value.detach(), *torch.autograd.grad(value, (h, w)))
+
+    for got, want in zip(grads(_compiled(loss)), grads(loss), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_cross_entropy_under_func_grad_and_vmap():
+    hidden, weight, target, _ = _linear_inputs()
+    grad = torch.func.grad(lambda h: ls.linear_cross_entropy(h, weight, target, 0.1))(hidden)
+    h = hidden.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(ls.linear_cross_entropy(h, weight, target, 0.1), h)
+    torch.testing.assert_close(grad, want)
+    rows = torch.func.vmap(
+        lambda x, y: ls.linear_cross_entropy(x[None], weight, y[None], 0.1, reduction="sum")
+    )(hidden, target)
+    torch.testing.assert_close(
+        rows, ls.linear_cross_entropy(hidden, weight, target, 0.1, reduction="none")
+    )
+    with pytest.raises(ValueError, match="impl='chunked' cannot run inside a torch.func"):
+        torch.func.grad(
+            lambda h: ls.linear_cross_entropy(h, weight, target, 0.1, impl="chunked")
+        )(hidden)
+
+
+def test_linear_cross_entropy_unchecked_negative_index_is_never_a_class():
+    """Traced, a negative index other than ignore_index is not taken for the last class."""
+    hidden, weight, target, _ = _linear_inputs()
+    bad = target.clone()
+    bad[0] = -1
+
+    def loss(h):
+        return ls.linear_cross_entropy(h, weight, bad, 0.1, reduction="none")
+
+    try:
+        rows = _compiled(loss)(hidden)
+    except Exception:  # failing is allowed for an out-of-range index
+        return
+    last = target.clone()
+    last[0] = 49
+    wrapped = ls.linear_cross_entropy(hidden, weight, last, 0.1, reduction="none")
+    assert not torch.allclose(rows[0], wrapped[0])

@@ -551,12 +551,15 @@ def linear_cross_entropy(
         return_nll: also return the unsmoothed negative log-likelihood (no z-loss), with the
             same reduction, computed in the same pass (for perplexity). It is differentiable.
         impl: ``"auto"`` (``"chunked"`` on every device until the Triton kernels have been
-            measured on a GPU), ``"chunked"`` (torch, any device), ``"triton"`` (CUDA, or CPU under
+            measured on a GPU; ``"reference"`` inside a ``torch.func`` transform), ``"chunked"`` (torch, any device), ``"triton"`` (CUDA, or CPU under
             ``TRITON_INTERPRET=1``), ``"reference"`` (materialises the logits; the oracle).
         z_loss: coefficient of :math:`\mathrm{lse}^2` (>= 0; PaLM uses 1e-4).
         softcap: cap s > 0 of the logits, :math:`s\tanh(z/s)` before the softmax (Gemma 2
             uses 30), or ``None``.
-        validate: check that class indices are in range (one host sync).
+        validate: check that class indices are in range (one host sync; skipped while
+            traced by ``torch.compile`` or a ``torch.func`` transform). Unchecked, an index
+            outside [0, V) other than ``ignore_index`` makes the call fail or gives an
+            undefined loss for that row; it is never taken for a class.
 
     Returns:
         The loss (float32 scalar for ``"mean"``/``"sum"``, float64 for float64 input; for
@@ -584,7 +587,21 @@ def linear_cross_entropy(
     cd = _checks.compute_dtype(hidden.dtype)
     prior_t = _checks.check_prior(prior, num_classes, style, hidden.device, cd)
     name = _resolve(impl, hidden.device)
-    if validate:
+    transformed = not torch.compiler.is_compiling() and _checks.tracing(hidden, weight, target)
+    if transformed and name != "reference":
+        # torch.func transforms cannot see through the fused backward (an autograd.Function);
+        # the reference materialises the logits and is differentiated by torch itself.
+        if impl != "auto":
+            raise ValueError(
+                f"impl={impl!r} cannot run inside a torch.func transform (grad, vmap, ...); "
+                'use impl="auto" or "reference" there (it materialises the (N, V) logits)'
+            )
+        name = "reference"
+    # While traced (torch.compile, torch.func) no value may reach the host: the indices go
+    # unchecked, and a negative one is then stored as V (out of range, never a class), as with
+    # validate=False in cross_entropy.
+    checked = validate and not _checks.tracing(hidden, weight, target)
+    if checked:
         _checks.check_class_indices(target, num_classes, ignore_index)
 
     alpha, offset = smoothing_coefficients(eps, num_classes, style, prior_t)
@@ -606,6 +623,8 @@ def linear_cross_entropy(
     flat = target.reshape(-1).long()
     valid = flat != ignore_index
     rows_target = flat.masked_fill(~valid, 0)
+    if not checked:
+        rows_target = rows_target.masked_fill(rows_target < 0, num_classes)
 
     if name == "reference":
         loss, nll = _reference(
