@@ -238,9 +238,9 @@ def test_linear_cross_entropy_under_func_grad_and_vmap():
         rows, ls.linear_cross_entropy(hidden, weight, target, 0.1, reduction="none")
     )
     with pytest.raises(ValueError, match="impl='chunked' cannot run inside a torch.func"):
-        torch.func.grad(
-            lambda h: ls.linear_cross_entropy(h, weight, target, 0.1, impl="chunked")
-        )(hidden)
+        torch.func.grad(lambda h: ls.linear_cross_entropy(h, weight, target, 0.1, impl="chunked"))(
+            hidden
+        )
 
 
 def test_linear_cross_entropy_unchecked_negative_index_is_never_a_class():

@@ -239,9 +239,7 @@ def test_a_folder_in_use_is_refused(tmp_path):
 def test_processes_equal_serial(tmp_path):
     serial = Sweep(blob_train, eps=[0.1], styles=["uniform", "others"], seeds=[0, 1])
     serial.run(tmp_path / "serial", quiet=True)
-    parallel = Sweep(
-        blob_train, eps=[0.1], styles=["uniform", "others"], seeds=[0, 1], workers=2
-    )
+    parallel = Sweep(blob_train, eps=[0.1], styles=["uniform", "others"], seeds=[0, 1], workers=2)
     parallel.run(tmp_path / "parallel", quiet=True)
     assert _metrics(tmp_path / "parallel") == _metrics(tmp_path / "serial")
 
@@ -281,7 +279,7 @@ def test_a_returned_model_is_measured_as_returned(tmp_path):
 
 def test_a_diverged_run_is_recorded_not_fatal(tmp_path):
     def train(eps, style, seed, report):
-        x_val, y_val = _blobs(1, 20)
+        _, y_val = _blobs(1, 20)
         logits = torch.full((20, 3), float("nan")) if eps > 0 else torch.zeros(20, 3)
         return Outputs(logits, y_val, torch.zeros(10, 3), y_val[:10])
 

@@ -551,7 +551,8 @@ def linear_cross_entropy(
         return_nll: also return the unsmoothed negative log-likelihood (no z-loss), with the
             same reduction, computed in the same pass (for perplexity). It is differentiable.
         impl: ``"auto"`` (``"chunked"`` on every device until the Triton kernels have been
-            measured on a GPU; ``"reference"`` inside a ``torch.func`` transform), ``"chunked"`` (torch, any device), ``"triton"`` (CUDA, or CPU under
+            measured on a GPU; ``"reference"`` inside a ``torch.func`` transform),
+            ``"chunked"`` (torch, any device), ``"triton"`` (CUDA, or CPU under
             ``TRITON_INTERPRET=1``), ``"reference"`` (materialises the logits; the oracle).
         z_loss: coefficient of :math:`\mathrm{lse}^2` (>= 0; PaLM uses 1e-4).
         softcap: cap s > 0 of the logits, :math:`s\tanh(z/s)` before the softmax (Gemma 2
