@@ -140,9 +140,18 @@ class StudyFolder:
     """
 
     def __init__(
-        self, directory: str | Path, config: StudyConfig, data_fingerprint: str, info: dict
+        self,
+        directory: str | Path,
+        config: StudyConfig,
+        data_fingerprint: str,
+        info: dict,
+        *,
+        argument: str = "--out",
     ) -> None:
         self.directory = Path(directory)
+        # how the caller names the folder, and a new one, in messages
+        self.argument = argument
+        self._new = f"{argument} NEW" if argument.startswith("--") else "another folder"
         self.config = config
         self.data_fingerprint = data_fingerprint
         self.fingerprint = config.fingerprint(data_fingerprint)
@@ -151,7 +160,7 @@ class StudyFolder:
 
     def __enter__(self) -> StudyFolder:
         if self.directory.exists() and not self.directory.is_dir():
-            raise ConfigError(f"--out: {self.directory} exists and is not a directory")
+            raise ConfigError(f"{self.argument}: {self.directory} exists and is not a directory")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -181,8 +190,8 @@ class StudyFolder:
             handle.close()
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise FolderInUseError(
-                    f"--out {self.directory} is in use by another study (pid {pid}); wait for "
-                    "it to finish or use --out NEW"
+                    f"{self.argument} {self.directory} is in use by another study (pid {pid}); "
+                    f"wait for it to finish or use {self._new}"
                 ) from err
             raise _output_error(path, err) from err
         try:
@@ -217,14 +226,14 @@ class StudyFolder:
             if stored.get("data_fingerprint") != self.data_fingerprint:
                 difference = "; ".join(filter(None, ["the data set's contents", difference]))
             raise ConfigError(
-                f"--out {self.directory} holds a study with another configuration "
-                f"({difference or 'fingerprint ' + fingerprint}); use --out NEW, or delete "
-                "the folder to start over"
+                f"{self.argument} {self.directory} holds a study with another configuration "
+                f"({difference or 'fingerprint ' + fingerprint}); use {self._new}, or "
+                "delete the folder to start over"
             )
         if (self.directory / "results.jsonl").exists():
             raise ConfigError(
-                f"--out {self.directory} holds results without a study.json (an older "
-                "labelsmooth); use --out NEW"
+                f"{self.argument} {self.directory} holds results without a study.json (an "
+                f"older labelsmooth); use {self._new}"
             )
         atomic_write_json(
             path,

@@ -321,7 +321,7 @@ class Sweep:
             "profile": "sweep",
         }
         plan = Plan(runs=runs)
-        folder = StudyFolder(out, config, "", info)  # type: ignore[arg-type]
+        folder = StudyFolder(out, config, "", info, argument="the folder")  # type: ignore[arg-type]
         with folder:
             store = ResultStore(out)
             execute_plan(
