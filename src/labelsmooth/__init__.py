@@ -6,6 +6,7 @@ tensor([[0.1000, 0.8000, 0.1000]])
 """
 
 from . import analysis, distributed, metrics, nn, streaming
+from .diagnosis import Diagnosis, diagnose
 from .functional import (
     DoubleSmoothingWarning,
     binary_cross_entropy_with_logits,
@@ -33,11 +34,13 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Diagnosis",
     "DoubleSmoothingWarning",
     "__version__",
     "analysis",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
+    "diagnose",
     "distributed",
     "linear_cross_entropy",
     "metrics",

@@ -3,6 +3,8 @@
 * ``labelsmooth study``: the main job — trains real models with and without smoothing and
   writes the evidence (results.jsonl, summary.csv, figures, report.html).
 * ``labelsmooth report DIR``: re-renders the report from saved results.
+* ``labelsmooth diagnose FILE``: diagnoses a trained model from its saved logits and labels
+  (calibration, temperature, logit gap and the eps it implies, a loss check).
 * ``labelsmooth demo``: a short taste on the bundled digits.
 """
 
@@ -233,6 +235,99 @@ def run_report_command(args: argparse.Namespace) -> int:
     return 0
 
 
+_DIAGNOSE_ARGUMENTS = ("eps", "style", "n_bootstrap", "seed")
+
+
+def run_diagnose_command(args: argparse.Namespace) -> int:
+    from .diagnosis import diagnose, load_outputs
+
+    try:
+        outputs = load_outputs(args.file)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    except OSError as err:
+        raise UsageError(_os_error(err)) from err
+    if args.loss is not None:
+        outputs["loss"] = args.loss
+    try:
+        result = diagnose(
+            **outputs,
+            task=args.task,
+            eps=args.eps,
+            style=args.style,
+            n_bootstrap=args.n_bootstrap,
+            seed=args.seed,
+        )
+    except (ValueError, TypeError) as err:
+        name = str(err).split(" ", 1)[0]
+        if name in _DIAGNOSE_ARGUMENTS or (name == "loss" and args.loss is not None):
+            raise UsageError(f"--{name.replace('_', '-')}: {err}") from err
+        raise UsageError(f"{args.file}: {err}") from err
+    paths = None
+    if args.out:
+        try:
+            paths = result.save(args.out)
+        except ValueError as err:
+            raise UsageError(f"--out: {err}") from err
+        except OSError as err:
+            raise UsageError(f"--out {args.out}: {_os_error(err)}") from err
+    if args.json:
+        print(result.to_json(), end="")
+        return 0
+    print(result.summary())
+    if paths:
+        print(f"\nwrote {paths[0]} and {paths[1]}")
+    else:
+        print("\n(pass --out DIR to write diagnosis.json and diagnosis.html)")
+    return 0
+
+
+def _add_diagnose_parser(commands: argparse._SubParsersAction) -> None:
+    from .diagnosis import CSV_LAYOUT, DEFAULT_N_BOOTSTRAP, TASKS
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="diagnose a trained model from its logits: calibration, temperature, the eps its "
+        "logit gaps imply, a loss check",
+        description="Reads a model's logits and labels from FILE and reports accuracy, NLL, "
+        "Brier, ECE, AURC (with bootstrap intervals), the fitted temperature and the metrics "
+        "after it, the median logit gap and the eps it implies under each smoothing "
+        "convention, and a verdict in plain words. FILE: .npz (np.savez; arrays logits, "
+        "labels; optional val_logits/val_labels to fit the temperature on, "
+        "train_logits/train_labels, loss; never unpickled), .pt/.pth (a dict of tensors with "
+        f"the same keys, read with torch.load(weights_only=True)), or .csv ({CSV_LAYOUT}).",
+    )
+    diagnose.add_argument("file", metavar="FILE", help="the .npz, .pt or .csv file")
+    diagnose.add_argument("--task", choices=TASKS, default="multiclass", help="default: multiclass")
+    diagnose.add_argument("--eps", type=float, help="the smoothing rate the model was trained with")
+    diagnose.add_argument(
+        "--style",
+        choices=_checks.STYLES,
+        help="the convention of --eps (default: compare with both)",
+    )
+    diagnose.add_argument(
+        "--loss",
+        type=float,
+        help="the mean loss your training code computes, evaluated on these logits and labels, "
+        "to check against the reference implementation (overrides the file's loss)",
+    )
+    diagnose.add_argument(
+        "--out", metavar="DIR", help="write DIR/diagnosis.json and DIR/diagnosis.html"
+    )
+    diagnose.add_argument(
+        "--json", action="store_true", help="print the JSON instead of the summary"
+    )
+    diagnose.add_argument(
+        "--n-bootstrap",
+        dest="n_bootstrap",
+        type=int,
+        default=DEFAULT_N_BOOTSTRAP,
+        help=f"bootstrap resamples of the intervals, 0 for none (default: {DEFAULT_N_BOOTSTRAP})",
+    )
+    diagnose.add_argument("--seed", type=int, default=0, help="of the bootstrap (default: 0)")
+    diagnose.set_defaults(handler=run_diagnose_command)
+
+
 _STUDY_FLAGS = (
     "dataset",
     "experiments",
@@ -247,6 +342,7 @@ _STUDY_FLAGS = (
     "device",
     "threads",
     "workers",
+    "backend",
     "select",
     "label_column",
     "max_train",
@@ -393,6 +489,12 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         "CPU core)",
     )
     study.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        help="where the workers run: local processes, or Ray actors on the cluster `ray.init` "
+        'connects to (a local one if none; pip install "labelsmooth[ray]") (default: local)',
+    )
+    study.add_argument(
         "--out",
         help=f"output folder; it holds one configuration: the same command resumes, a "
         f"different one is refused (default: {DEFAULT_OUT}; --quick: {DEFAULT_OUT_QUICK})",
@@ -455,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     _add_study_parser(commands)
+    _add_diagnose_parser(commands)
     bench = commands.add_parser(
         "bench",
         help="benchmark the fused losses against PyTorch (time, memory, accuracy)",
