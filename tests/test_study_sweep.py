@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -454,3 +455,68 @@ def test_cli_study_on_ray_equals_local_including_dependent_runs(tmp_path):
     summary = run_study(make_config({**settings, "backend": "ray"}), tmp_path / "ray", quiet=True)
     assert summary["computed"] == summary["total_runs"] > 0
     assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")
+
+
+class ScaledTrain:
+    """A callable object: its fields are settings the fingerprint must see."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, eps, style, seed, report):
+        _, labels = _blobs(seed, 30)
+        logits = self.scale * torch.nn.functional.one_hot(labels, 3).double()
+        return Outputs(logits, labels, logits[:10], labels[:10])
+
+
+def test_the_same_code_with_other_state_is_another_sweep(tmp_path):
+    """Closure values, a partial's arguments and an object's fields are fingerprinted: a rerun
+    with other data or settings is refused, not answered with the old results."""
+    import functools
+
+    Sweep(ScaledTrain(1.0), eps=[0.1], seeds=[0]).run(tmp_path / "object", quiet=True)
+    with pytest.raises(ConfigError, match="another configuration"):
+        Sweep(ScaledTrain(5.0), eps=[0.1], seeds=[0]).run(tmp_path / "object", quiet=True)
+    assert Sweep(ScaledTrain(1.0), eps=[0.1], seeds=[0]).run(tmp_path / "object", quiet=True)
+
+    def make(scale):
+        def train(eps, style, seed, report):
+            return ScaledTrain(scale)(eps, style, seed, report)
+
+        return train
+
+    Sweep(make(1.0), eps=[0.1], seeds=[0]).run(tmp_path / "closure", quiet=True)
+    with pytest.raises(ConfigError, match="another configuration"):
+        Sweep(make(2.0), eps=[0.1], seeds=[0]).run(tmp_path / "closure", quiet=True)
+
+    def scaled(eps, style, seed, report, scale=1.0):
+        return ScaledTrain(scale)(eps, style, seed, report)
+
+    Sweep(functools.partial(scaled, scale=1.0), eps=[0.1], seeds=[0]).run(
+        tmp_path / "partial", quiet=True
+    )
+    with pytest.raises(ConfigError, match="another configuration"):
+        Sweep(functools.partial(scaled, scale=3.0), eps=[0.1], seeds=[0]).run(
+            tmp_path / "partial", quiet=True
+        )
+    # version= names the code, not the state: other state is still another sweep
+    Sweep(ScaledTrain(1.0), eps=[0.1], seeds=[0], version="v1").run(tmp_path / "v", quiet=True)
+    with pytest.raises(ConfigError, match="another configuration"):
+        Sweep(ScaledTrain(2.0), eps=[0.1], seeds=[0], version="v1").run(tmp_path / "v", quiet=True)
+
+
+def test_state_that_cannot_be_fingerprinted_asks_for_a_version(tmp_path):
+    handle = open(tmp_path / "data.txt", "w")  # noqa: SIM115 - an unpicklable closure value
+
+    def train(eps, style, seed, report):
+        assert not handle.closed
+        return ScaledTrain(1.0)(eps, style, seed, report)
+
+    try:
+        with pytest.warns(UserWarning, match="pass version="):
+            Sweep(train, eps=[0.1], seeds=[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Sweep(train, eps=[0.1], seeds=[0], version="data v2")
+    finally:
+        handle.close()

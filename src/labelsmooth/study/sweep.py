@@ -20,11 +20,13 @@ validation-only choices, paired Student-t intervals over seeds, ``findings.json`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import pickle
 import sys
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -81,19 +83,81 @@ class SweepConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class _HashWriter:
+    """A file-like sink that hashes what is written (pickling large state costs no memory)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+
+def _state(train: Any) -> Any:
+    """What a training function computes with besides its code: a function's closure cells
+    and defaults, a bound method's object, a ``functools.partial``'s function and arguments, a
+    callable object's fields."""
+    if isinstance(train, functools.partial):
+        return (_state(train.func), train.args, train.keywords)
+    if inspect.ismethod(train):
+        return (train.__self__, _state(train.__func__))
+    if inspect.isfunction(train):
+        cells = tuple(cell.cell_contents for cell in train.__closure__ or ())
+        return (cells, train.__defaults__, train.__kwdefaults__)
+    return train
+
+
+def _state_digest(train: Any) -> str | None:
+    """A hash of :func:`_state` (pickled, streamed through SHA-256), or None when it does not
+    pickle (an open file, a lambda inside the closure, ...)."""
+    writer = _HashWriter()
+    try:
+        pickle.Pickler(writer, protocol=4).dump(_state(train))
+    except Exception:  # any pickling failure means: cannot fingerprint
+        return None
+    return writer.digest.hexdigest()[:16]
+
+
+def _source_of(train: Any) -> Any:
+    while isinstance(train, functools.partial):
+        train = train.func
+    if inspect.ismethod(train):
+        train = train.__func__
+    return train if inspect.isroutine(train) else type(train)
+
+
 def _code_fingerprint(train: TrainFunction, version: str | None) -> tuple[str, str]:
-    """(the training function's name, what identifies its code): ``version`` when given,
-    else a hash of the function's source (or its name where the source is not available)."""
-    module = getattr(train, "__module__", None) or type(train).__module__
-    name = getattr(train, "__qualname__", None) or type(train).__qualname__
+    """(the training function's name, what identifies its code and state).
+
+    The code: ``version`` when given, else a hash of the function's (or the callable's class's)
+    source. The state, always: a hash of what the function closes over, its defaults, a
+    partial's arguments, a callable object's fields (:func:`_state`), so that the same code
+    with other data or settings is another sweep. Where the state cannot be pickled and no
+    ``version`` is given, a warning asks for one.
+    """
+    target = _source_of(train)
+    module = getattr(target, "__module__", None) or type(train).__module__
+    name = getattr(target, "__qualname__", None) or type(train).__qualname__
     qualified = f"{module}.{name}"
     if version is not None:
-        return qualified, f"version:{version}"
-    try:
-        source = inspect.getsource(train if inspect.isroutine(train) else type(train))
-    except (OSError, TypeError):
-        return qualified, "name-only"
-    return qualified, "source:" + hashlib.sha256(source.encode()).hexdigest()[:16]
+        code = f"version:{version}"
+    else:
+        try:
+            source = inspect.getsource(target)
+        except (OSError, TypeError):
+            code = "name-only"
+        else:
+            code = "source:" + hashlib.sha256(source.encode()).hexdigest()[:16]
+    state = _state_digest(train)
+    if state is None and version is None:
+        warnings.warn(
+            f"Sweep cannot fingerprint what {qualified} closes over (it does not pickle), so "
+            "a rerun into the same folder with other data or settings would reuse the old "
+            "results; pass version='...' naming the data and settings",
+            stacklevel=3,
+        )
+    return qualified, f"{code};state:{state or 'unknown'}"
 
 
 def _float_tuple(name: str, values: Iterable[Any]) -> tuple[float, ...]:
@@ -153,7 +217,11 @@ class Sweep:
         class_names: the classes' names, for the report.
         version: identifies the training code; a folder holds one version. Default: a hash of
             ``train``'s source, so editing the function refuses the old folder (use a new
-            one, or pass ``version=`` to keep it).
+            one, or pass ``version=`` to keep it). What ``train`` computes with besides its
+            code is fingerprinted too, version or not: its closure and defaults, a
+            ``functools.partial``'s arguments, a callable object's fields (pickled and
+            hashed). Module globals are not: name the data and settings they hold in
+            ``version``.
         workers: parallel processes (``backend="local"``, needs a picklable ``train``: a
             function defined at module level) or Ray actors (``backend="ray"``); 0: one per
             CPU core. Default 1: in this process.
