@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import doctest
 import functools
+import io
 import json
 import math
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -195,7 +197,7 @@ def test_calibrated_and_under_confident_models_are_not_called_over_confident():
     fine = ls.diagnose(logits, labels, n_bootstrap=200)
     assert 0.9 < fine.temperature < 1.1
     assert "Over-confident" not in fine.verdict and "Under-confident" not in fine.verdict
-    assert fine.verdict.startswith("No mis-calibration that temperature scaling can fix")
+    assert fine.verdict.startswith("No mis-calibration shown that temperature scaling would fix")
     soft = ls.diagnose(logits / 3, labels, eps=0.3, style="uniform", n_bootstrap=200)
     assert soft.temperature < 0.5
     assert soft.verdict.startswith("Under-confident") and "smaller eps" in soft.verdict
@@ -598,3 +600,186 @@ def test_import_labelsmooth_stays_light():
 def test_docstring_examples_run():
     result = doctest.testmod(diagnosis, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions from the adversarial review: sentences that did not follow from their numbers,
+# inputs that crashed or were misreported, the bootstrap's cost
+# --------------------------------------------------------------------------------------------
+
+
+def test_per_entry_intervals_beyond_the_budget_are_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(diagnosis, "_BOOTSTRAP_BUDGET", 1e5)
+    z = torch.randn(200, 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = (z > 0).double()
+    result = ls.diagnose(z, y, task="multilabel", n_bootstrap=50)
+    assert "ece" not in result.intervals and "aurc" not in result.intervals
+    assert "nll_drop" in result.intervals  # the cheap means keep theirs
+    assert any("No bootstrap interval for ece" in note for note in result.notes)
+
+
+def test_temperature_bound_reasons_follow_from_the_accuracy():
+    logits, labels = calibrated(n=500)
+    tiny = ls.diagnose(logits * 1e-4, labels, n_bootstrap=0)  # accuracy ~0.4, T* ~ 1e-4
+    assert tiny.temperature == diagnosis.TEMPERATURE_BOUNDS[0] and tiny.accuracy < 1
+    assert "separate" not in tiny.verdict and "largest logit" not in tiny.verdict
+    assert "lies below it" in tiny.temperature_note
+    labels = torch.arange(300) % 5
+    huge = torch.full((300, 5), -1e4)
+    huge[torch.arange(300), labels] = 1e4
+    huge[:10] = huge[:10].roll(1, dims=1)  # 10 confident errors: T* > 100
+    result = ls.diagnose(huge, labels, n_bootstrap=0)
+    assert result.temperature == diagnosis.TEMPERATURE_BOUNDS[1] and result.accuracy > 0.9
+    assert "no better than" not in result.verdict
+    assert "misclassified 3.3% of the examples carry 100.0% of the NLL" in result.verdict
+
+
+def test_too_few_examples_get_no_confidence_verdict():
+    # One example whose label has the second-largest logit: an interior T, and a bootstrap
+    # interval of zero width that used to "show" over-confidence.
+    for n in (1, 2, 5):
+        logits = torch.tensor([[2.0, 1.0, -3.0]]).repeat(n, 1)
+        result = ls.diagnose(logits, torch.ones(n, dtype=torch.long), n_bootstrap=100)
+        assert result.temperature_ok
+        assert "confident" not in result.verdict and "Too few examples" in result.verdict
+        assert any(f"fewer than {diagnosis.MIN_EXAMPLES}" in note for note in result.notes)
+    assert "all 1 examples" not in result.summary() and "1 all" not in result.summary()
+
+
+def test_a_validation_temperature_that_raises_the_nll_is_said_to_raise_it():
+    logits, labels = calibrated(n=1000)
+    result = ls.diagnose(
+        logits, labels, val_logits=3 * logits[:500], val_labels=labels[:500], n_bootstrap=50
+    )
+    assert result.nll_after_temperature > result.nll
+    assert "by only -" not in result.verdict and "raises the NLL" in result.verdict
+    assert "No mis-calibration" not in result.verdict
+
+
+def test_a_loss_equal_to_the_unsmoothed_one_is_named_so():
+    logits, labels = calibrated(n=500)
+    plain = float(ls.cross_entropy(logits, labels, 0.0))
+    result = ls.diagnose(logits, labels, eps=0.1, loss=plain, n_bootstrap=0)
+    assert "matches no reference loss" not in result.verdict
+    assert "matches the unsmoothed loss" in result.verdict and "not applied" in result.verdict
+    assert "e-1" not in result.verdict.split("Next:")[0].split("matches the unsmoothed")[1]
+    unknown = ls.diagnose(logits, labels, loss=plain, n_bootstrap=0)
+    assert "or an eps too small" in unknown.verdict
+    assert unknown.loss_check["loss_implied_eps"] == {"uniform": 0.0, "others": 0.0}
+
+
+def test_no_collapse_call_against_the_targets_implied_by_the_outputs_themselves():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(400, generator=generator)  # unit-scale noise, no smoothing at all
+    labels = (torch.rand(400, generator=generator) < 0.5).long()
+    result = ls.diagnose(logits, labels, task="binary", n_bootstrap=0)
+    assert result.binary["collapse"]["implied"]["share"] >= 0.5
+    assert result.binary["collapse"]["implied"]["collapsed"] is None
+    assert "collapsed onto" not in result.verdict and "smaller eps" not in result.verdict
+
+
+def test_accuracy_no_better_than_the_most_frequent_class_is_said():
+    labels = torch.arange(60) % 4
+    result = ls.diagnose(torch.zeros(60, 4), labels, eps=0.1, n_bootstrap=0)
+    assert result.baseline_accuracy == 0.25 and result.accuracy == 0.25
+    assert "no better than always predicting the most frequent class" in result.verdict
+    assert "Nothing in these numbers calls for a change" not in result.verdict
+
+
+def test_next_steps_are_not_repeated_and_gaps_below_the_optimum_get_one():
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (200,), generator=generator)
+    logits = torch.randn(200, 2, generator=generator)
+    logits[torch.arange(200), labels] += 3
+    result = ls.diagnose(logits, labels, eps=0.1, n_bootstrap=0)  # above both optima
+    assert len(set(result.next_steps)) == len(result.next_steps)
+    below = ls.diagnose(*at_optimum(10, 0.1, "uniform"), eps=0.01, style="uniform", n_bootstrap=0)
+    assert below.gap_position["uniform"] == "below"
+    assert any("train_logits" in step for step in below.next_steps)
+
+
+def test_auroc_note_when_no_label_has_both_classes():
+    result = ls.diagnose(torch.randn(50), torch.ones(50), task="binary", n_bootstrap=0)
+    assert result.auroc is None
+    assert not any("over the others" in note for note in result.notes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"logits": torch.randn(4, 3, device="meta")}, "logits is on the meta device"),
+        ({"logits": torch.randn(4, 3).to_sparse()}, "logits must be a dense tensor"),
+        ({"labels": torch.tensor([0, 1, -100, 2])}, "keep = labels != -100"),
+        ({"logits": torch.randn(2, 2, 3), "labels": torch.zeros(2, 2)}, "reshape(-1, V)"),
+    ],
+)
+def test_more_bad_input_names_the_argument(kwargs, message):
+    arguments = {"logits": torch.randn(4, 3), "labels": torch.tensor([0, 1, 2, 0]), **kwargs}
+    with pytest.raises(ValueError) as caught:
+        ls.diagnose(**arguments, n_bootstrap=0)
+    assert message in str(caught.value)
+
+
+def test_more_files_that_must_be_refused_or_read(tmp_path):
+    logits, labels = np.random.default_rng(0).normal(size=(5, 3)), np.arange(5) % 3
+    header = io.BytesIO()
+    np.save(header, logits)
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as archive:  # truncated array data
+        archive.writestr("logits.npy", header.getvalue()[:-40])
+        archive.writestr("labels.npy", b"junk")
+    with pytest.raises(ValueError, match="'logits' cannot be read") as caught:
+        diagnosis.load_outputs(tmp_path / "short.npz")
+    assert "Python objects" not in str(caught.value)
+    np.savez(tmp_path / "crc.npz", logits=logits, labels=labels)
+    raw = bytearray((tmp_path / "crc.npz").read_bytes())
+    raw[200] ^= 0xFF
+    (tmp_path / "crc.npz").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="cannot be read"):
+        diagnosis.load_outputs(tmp_path / "crc.npz")
+    sparse = {"logits": torch.tensor(logits).to_sparse(), "labels": torch.tensor(labels)}
+    torch.save(sparse, tmp_path / "s.pt")
+    with pytest.raises(ValueError, match="dense tensor"):
+        diagnosis.load_outputs(tmp_path / "s.pt")
+    torch.save({"logits": torch.zeros(2, 3), "labels": Payload()}, tmp_path / "object.pt")
+    with pytest.raises(ValueError, match="weights_only=True") as caught:
+        diagnosis.load_outputs(tmp_path / "object.pt")
+    message = str(caught.value)  # one plain line, without torch's advice to unpickle
+    assert "set to `False`" not in message and "\x1b" not in message and "\n" not in message
+    assert "Unsupported global" in message
+    (tmp_path / "bom.csv").write_text("label,logit_0,logit_1\n0,1,0\n", encoding="utf-8-sig")
+    assert diagnosis.load_outputs(tmp_path / "bom.csv")["labels"].tolist() == [0]
+    (tmp_path / "latin.csv").write_bytes(b"label,logit_0,logit_1\n0,1,0\n\xff,0,0\n")
+    with pytest.raises(ValueError, match="latin.csv"):
+        diagnosis.load_outputs(tmp_path / "latin.csv")
+    (tmp_path / "wide.csv").write_text("label,logit_0,logit_1\n0,1,0,5\n")
+    with pytest.raises(ValueError, match="the header has 3 columns, the rows 4"):
+        diagnosis.load_outputs(tmp_path / "wide.csv")
+
+
+def test_cli_header_only_csv_and_negative_seed_are_one_line(tmp_path, capsys):
+    (tmp_path / "head.csv").write_text("label,logit_0,logit_1\n")
+    (tmp_path / "ok.csv").write_text("label,logit_0,logit_1\n0,1,0\n1,0,1\n")
+    for argv, message in (
+        ([str(tmp_path / "head.csv")], "no rows after the header"),
+        ([str(tmp_path / "ok.csv"), "--seed", "-1"], "--seed: seed must be >= 0"),
+    ):
+        assert main(["diagnose", *argv, "--n-bootstrap", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("labelsmooth diagnose: error: ") and message in err
+        assert err.count("\n") == 1
+
+
+def test_save_leaves_neither_file_new_when_the_second_fails(tmp_path, monkeypatch):
+    result = ls.diagnose(*calibrated(n=100, k=3), n_bootstrap=0)
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(diagnosis.os, "fsync", failing_fsync)
+    with pytest.raises(OSError):
+        result.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []

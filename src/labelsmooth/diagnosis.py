@@ -15,7 +15,9 @@ Decisions (each stated in the output where it matters):
   fixed in the resamples, so the after-scaling intervals do not include the uncertainty of T.
   The NLL and ECE drops under temperature scaling are paired: both sides on the same resample.
   An ECE near 0 is biased upward under resampling (duplicated examples make the bins noisier),
-  so its interval can lie above the estimate; the notes say so when it happens.
+  so its interval can lie above the estimate; the notes say so when it happens. Metrics whose
+  bootstrap would read more than 2e9 numbers (per-entry metrics of a large multi-label task,
+  class-wise ECE of a large N x K) get no interval, and the notes say which.
 * **Temperature.** :func:`labelsmooth.metrics.fit_temperature` within ``(0.01, 100)``, on
   ``val_logits``/``val_labels`` when given and evaluated on ``logits``; otherwise fitted and
   evaluated on the same examples, which is optimistic, and the output says so. A T at a bound
@@ -39,17 +41,23 @@ Decisions (each stated in the output where it matters):
   The two conventions' implied eps always differ by the factor (K-1)/K (uniform eps equals
   others eps * K/(K-1)), so for large K both can be within the tolerance (K = 20 at 10%): the
   output then says that the gap cannot tell them apart.
-* **Binary collapse.** The outputs have *collapsed* onto the smoothed targets (a, 1-a) when at
-  least half of them lie within a/2 of their own label's target (a = the smoothed negative
-  target; without ``eps``, the target implied by the median gap, sigmoid(-g)).
+* **Binary collapse.** The outputs have *collapsed* onto the smoothed targets (a, 1-a) of the
+  given ``eps`` when at least half of them lie within a/2 of their own label's target (a = the
+  smoothed negative target). Without ``eps`` the share near the target implied by the median
+  gap, sigmoid(-g), is reported without a call (``collapsed`` None): those targets come from
+  the outputs themselves, and logits of unit scale put half the outputs near them.
 * **Loss check.** ``loss`` is the mean loss your code computed on exactly these ``logits`` and
   ``labels``; it is compared (relative tolerance 1e-3) with the reference
   :func:`labelsmooth.cross_entropy` / :func:`labelsmooth.binary_cross_entropy_with_logits`
   of each convention and of eps = 0. Every loss is linear in eps, so the eps each convention
   would need to give your loss is reported too.
 * **Verdict.** "Over-confident" (T > 1) or "under-confident" (T < 1) is said only when T is
-  not at a bound and scaling lowers the NLL by at least 1% with a paired bootstrap interval
-  of the drop above 0; an ECE "drops" only when the interval of its drop excludes 0.
+  not at a bound, there are at least 30 examples (``MIN_EXAMPLES``: fewer give a percentile
+  bootstrap that understates the uncertainty; one example a zero-width interval) and scaling
+  lowers the NLL by at least 1% with a paired bootstrap interval of the drop above 0; an ECE
+  "drops" only when the interval of its drop excludes 0. A temperature fitted on validation
+  examples that raises the NLL of the evaluated ones is said to. An accuracy no better than
+  always predicting the most frequent class (``baseline_accuracy``) is said first.
 
 Example:
     >>> import torch, labelsmooth as ls
@@ -71,8 +79,10 @@ import json
 import math
 import os
 import pickle
+import re
 import tempfile
 import textwrap
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -106,10 +116,25 @@ MIN_RELATIVE_NLL_DROP = 0.01
 LOSS_RTOL = 1e-3
 # Collapse: at least this share of outputs within a/2 of their smoothed target.
 COLLAPSE_SHARE = 0.5
+# Fewer examples than this get no over-/under-confidence verdict: a percentile bootstrap of so
+# few examples understates the uncertainty (one example, or identical ones, give a zero-width
+# interval).
+MIN_EXAMPLES = 30
 # The bootstrap works on blocks of resamples holding at most this many numbers, and skips the
-# interval of a metric whose cost (examples x columns x bins x resamples) exceeds the budget.
+# intervals of metrics whose cost (the numbers they read per resample x resamples) exceeds the
+# budget (about a minute and a half on one core).
 _BLOCK = 2_000_000
-_BOOTSTRAP_BUDGET = 3e10
+_BOOTSTRAP_BUDGET = 2e9
+
+
+def _skip_note(names: list[str], numbers: int, n_bootstrap: int) -> str:
+    return (
+        f"No bootstrap interval for {', '.join(names)}: {numbers} numbers per resample x "
+        f"{n_bootstrap} resamples exceeds the budget of {_BOOTSTRAP_BUDGET:.0e}; a smaller "
+        "n_bootstrap gives them."
+    )
+
+
 # The keys load_outputs knows; others are ignored.
 FILE_KEYS = (
     "logits",
@@ -178,7 +203,9 @@ class Diagnosis:
     r"""What :func:`diagnose` found. ``to_dict()`` is what ``diagnosis.json`` holds.
 
     Metrics (of the evaluated ``logits``), with 95% bootstrap intervals in ``intervals``:
-    ``accuracy`` (binary/multi-label: of the thresholded entries, z > 0 predicts 1), ``nll``
+    ``accuracy`` (binary/multi-label: of the thresholded entries, z > 0 predicts 1),
+    ``baseline_accuracy`` (no interval: the accuracy of always predicting the most frequent
+    class; binary/multi-label: the most frequent value of each label), ``nll``
     (mean negative log-likelihood; binary: mean binary cross-entropy over entries), ``brier``
     (multi-class: summed over classes; binary: per entry), ``ece`` (15 equal-width bins;
     binary/multi-label: of the positive-class probability, macro over labels),
@@ -200,7 +227,8 @@ class Diagnosis:
     optimum the model sits at (``"uniform"``, ``"others"``, ``"either"`` or None).
 
     ``binary`` (binary/multi-label): mean predicted probability of negatives and positives,
-    the smoothed targets, the share of outputs near them and whether they ``collapsed``.
+    the smoothed targets, the share of outputs near them and whether they ``collapsed``
+    (None for the targets implied by the median gap: no call without ``eps``).
     ``loss_check`` (with ``loss``): the reference losses, which one your loss matches and the
     eps each convention would need for it. ``findings``, ``next_steps`` and ``verdict`` (both
     joined) are the plain words; ``notes`` the caveats.
@@ -211,6 +239,7 @@ class Diagnosis:
     num_classes: int
     num_labels: int | None
     accuracy: float
+    baseline_accuracy: float
     nll: float
     brier: float
     ece: float
@@ -273,8 +302,9 @@ class Diagnosis:
     def save(self, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
         """Writes ``diagnosis.json`` (= :meth:`to_dict`) and ``diagnosis.html`` to ``directory``.
 
-        Both are rendered before anything is written, and each file is written to a temporary
-        file in ``directory`` and renamed, so a failure never leaves a half-written file.
+        Both are rendered before anything is written, and both are written to temporary files
+        in ``directory`` before either is renamed into place, so a failure never leaves a
+        half-written file, nor a new ``diagnosis.json`` beside an old (or no) HTML page.
         Returns the two paths.
         """
         folder = Path(directory)
@@ -284,8 +314,7 @@ class Diagnosis:
         page = self.to_html().encode("utf-8")
         folder.mkdir(parents=True, exist_ok=True)
         json_path, html_path = folder / "diagnosis.json", folder / "diagnosis.html"
-        _atomic_write(json_path, payload)
-        _atomic_write(html_path, page)
+        _atomic_write({json_path: payload, html_path: page})
         return json_path, html_path
 
 
@@ -304,20 +333,27 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then renames it over ``path``."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _atomic_write(files: dict[Path, bytes]) -> None:
+    """Writes every file to a temporary file beside it, then renames them all into place."""
+    temporaries: list[str] = []
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
+        for path, data in files.items():
+            handle, temporary = tempfile.mkstemp(
+                dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+            )
+            temporaries.append(temporary)
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o666 & ~umask)
+        for path, temporary in zip(files, temporaries, strict=True):
+            os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        for temporary in temporaries:
+            Path(temporary).unlink(missing_ok=True)
         raise
 
 
@@ -326,7 +362,27 @@ def _atomic_write(path: Path, data: bytes) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def _dense(name: str, value: object) -> object:
+    """A tensor with values in memory: not on the meta device, not sparse."""
+    if isinstance(value, Tensor):
+        if value.is_meta:
+            raise ValueError(
+                f"{name} is on the meta device, which holds no values; pass a tensor with data"
+            )
+        if value.layout != torch.strided:
+            raise ValueError(
+                f"{name} must be a dense tensor, got layout={value.layout}; pass {name}.to_dense()"
+            )
+        if value.is_quantized:
+            raise ValueError(
+                f"{name} must hold plain numbers, got a quantized tensor (dtype={value.dtype}); "
+                f"pass {name}.dequantize()"
+            )
+    return value
+
+
 def _float_array(name: str, value: object) -> np.ndarray:
+    value = _dense(name, value)
     if isinstance(value, Tensor) and value.dtype == torch.bfloat16:
         value = value.float()
     array, dtype = metrics._as_array(name, value)
@@ -341,10 +397,18 @@ def _check_task_logits(name: str, value: object, task: str) -> np.ndarray:
     shape = tuple(array.shape)
     if task == "multiclass":
         if array.ndim != 2 or shape[1] < 2:
+            hint = ""
+            if array.ndim == 1:
+                hint = " (binary logits? pass task='binary')"
+            elif array.ndim > 2:
+                hint = (
+                    " (sequence logits? flatten them to one row per position: (B, T, V) "
+                    f"class-last: {name}.reshape(-1, V) with labels.reshape(-1); (N, C, T) as "
+                    f"F.cross_entropy takes them: {name}.movedim(1, -1).reshape(-1, C))"
+                )
             raise ValueError(
                 f"{name} must have shape (N, K) with K >= 2 classes for task='multiclass', "
-                f"got shape {shape}"
-                + (" (binary logits? pass task='binary')" if array.ndim == 1 else "")
+                f"got shape {shape}{hint}"
             )
     elif task == "binary":
         if array.ndim == 1:
@@ -363,8 +427,18 @@ def _check_task_logits(name: str, value: object, task: str) -> np.ndarray:
 
 
 def _check_task_labels(name: str, value: object, logits: np.ndarray, task: str, of: str) -> Any:
+    value = _dense(name, value)
     if task == "multiclass":
-        return metrics._check_labels(value, logits.shape[0], logits.shape[1], of, name=name)
+        try:
+            return metrics._check_labels(value, logits.shape[0], logits.shape[1], of, name=name)
+        except ValueError as err:
+            found = re.search(r"class index (-\d+)", str(err))
+            if found is None:
+                raise
+            raise ValueError(
+                f"{err}; padding (ignore_index)? diagnose takes only labelled examples: "
+                f"keep = {name} != {found[1]}, then pass {of}[keep] and {name}[keep]"
+            ) from err
     array, dtype = metrics._as_array(name, value)
     if task == "binary" and array.ndim == 1:
         array = array[:, None]
@@ -478,60 +552,70 @@ class _BinnedEce:
     """Per column l: sum over fixed bins m of |sum_i c_i r_il [bin_il = m]| / n, for counts c.
 
     With ``values`` the probabilities and ``outcomes`` the 0/1 events, this is the ECE of the
-    resample (equal-width bins): sum_m (n_m / n) |mean outcome - mean value|.
+    resample (equal-width bins): sum_m (n_m / n) |mean outcome - mean value|. The bin sums are
+    one ``bincount`` over (resample, column, bin), O(b n L) per call in blocks of at most
+    ``_BLOCK`` numbers (a dense (n, L x bins) design matrix rebuilt per call cost O(n L) per
+    block of resamples, quadratic in N x L over the bootstrap).
     """
 
     def __init__(self, values: np.ndarray, outcomes: np.ndarray) -> None:
         self.n, self.columns = values.shape
-        self.bins = _uniform_bins(values.ravel()).reshape(values.shape)
+        bins = _uniform_bins(values.ravel()).reshape(values.shape)
+        self.slot = bins + N_BINS * np.arange(self.columns)[None, :]  # (n, L): column, bin
         self.residual = outcomes - values
-        self.chunk = max(1, 4_000_000 // (self.n * N_BINS))
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
         """(b, L) per-column ECE."""
-        out = np.empty((counts.shape[0], self.columns))
-        rows = np.arange(self.n)[:, None]
-        for start in range(0, self.columns, self.chunk):
-            stop = min(start + self.chunk, self.columns)
-            width = stop - start
-            design = np.zeros((self.n, width * N_BINS))
-            place = np.arange(width)[None, :] * N_BINS + self.bins[:, start:stop]
-            design[rows, place] = self.residual[:, start:stop]
-            sums = (counts @ design).reshape(counts.shape[0], width, N_BINS)
-            out[:, start:stop] = np.abs(sums).sum(axis=2) / self.n
+        b = counts.shape[0]
+        out = np.empty((b, self.columns))
+        step = max(1, _BLOCK // max(1, b * self.n))
+        for start in range(0, self.columns, step):
+            stop = min(start + step, self.columns)
+            size = (stop - start) * N_BINS
+            weights = counts[:, :, None] * self.residual[None, :, start:stop]
+            slots = (self.slot[:, start:stop] - start * N_BINS)[None, :, :] + (size * np.arange(b))[
+                :, None, None
+            ]
+            sums = np.bincount(slots.ravel(), weights=weights.ravel(), minlength=b * size)
+            out[:, start:stop] = np.abs(sums.reshape(b, stop - start, N_BINS)).sum(axis=2) / self.n
         return out
 
 
 class _QuantileEce:
-    """ECE with N_BINS equal-mass bins of one column, on resamples given as counts.
+    """ECE with N_BINS equal-mass bins of each column, on resamples given as counts.
 
     The bin edges are the linear-interpolation quantiles of the resampled values (numpy's
     default, as :func:`labelsmooth.metrics.expected_calibration_error`), outer edges 0 and 1.
     A resample is the sorted values repeated by their counts, so its quantiles are found by a
-    search in the cumulative counts.
+    search in the cumulative counts. Every (resample, column) pair is one row of the search.
     """
 
     def __init__(self, values: np.ndarray, outcomes: np.ndarray) -> None:
-        self.order = np.argsort(values, kind="stable")
-        self.values = values[self.order]
-        self.residual = (outcomes - values)[self.order]
+        """``values``, ``outcomes``: (n, L); the ECE of each of the L columns."""
+        order = np.argsort(values, axis=0, kind="stable")
+        self.order = order.T  # (L, n)
+        self.values = np.take_along_axis(values, order, axis=0).T
+        self.residual = np.take_along_axis(outcomes - values, order, axis=0).T
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
-        """(b,) ECE of each resample."""
-        counts = counts[:, self.order]
-        b, n = counts.shape
-        rows = np.arange(b)[:, None]
+        """(b, L) ECE of each resample and column."""
+        columns, n = self.values.shape
+        b = counts.shape[0]
+        counts = counts[:, self.order].reshape(b * columns, n)
+        column = np.tile(np.arange(columns), b)
+        values = self.values[column]
+        rows = np.arange(b * columns)[:, None]
         cumulative = np.cumsum(counts, axis=1)
         total = cumulative[:, -1:]
         position = (total - 1) * (np.arange(N_BINS + 1) / N_BINS)[None, :]
         below = np.floor(position)
         fraction = position - below
-        # Rows are offset by n + 1 so that one search covers every resample at once.
+        # Rows are offset by n + 1 so that one search covers every row at once.
         flat = (cumulative + rows * (n + 1)).ravel()
 
         def value_at(index: np.ndarray) -> np.ndarray:
             found = np.searchsorted(flat, (index + rows * (n + 1)).ravel(), side="right")
-            return self.values[found.reshape(index.shape) - rows * n]
+            return self.values[column[:, None], found.reshape(index.shape) - rows * n]
 
         low = value_at(below)
         high = value_at(np.minimum(below + 1, total - 1))
@@ -539,33 +623,38 @@ class _QuantileEce:
         edges[:, 0], edges[:, -1] = 0.0, 1.0
         edges = np.maximum.accumulate(edges, axis=1)
         inner = (edges[:, 1:-1] + 2.0 * rows).ravel()
-        index = np.searchsorted(inner, self.values[None, :] + 2.0 * rows, side="left")
+        index = np.searchsorted(inner, values + 2.0 * rows, side="left")
         index -= rows * (N_BINS - 1)
         sums = np.bincount(
             (index + rows * N_BINS).ravel(),
-            weights=(counts * self.residual[None, :]).ravel(),
-            minlength=b * N_BINS,
-        ).reshape(b, N_BINS)
-        return np.abs(sums).sum(axis=1) / total[:, 0]
+            weights=(counts * self.residual[column]).ravel(),
+            minlength=b * columns * N_BINS,
+        ).reshape(b * columns, N_BINS)
+        return (np.abs(sums).sum(axis=1) / total[:, 0]).reshape(b, columns)
 
 
 class _Aurc:
-    """AURC of maximum-confidence selection on resamples given as counts (ties grouped)."""
+    """AURC of maximum-confidence selection on resamples given as counts (ties grouped).
 
-    def __init__(self, confidence: np.ndarray, correct: np.ndarray) -> None:
-        self.order = np.argsort(-confidence, kind="stable")
-        ordered = confidence[self.order]
-        self.wrong = 1.0 - correct[self.order]
+    ``rows``: the example of each entry (multi-label: the entries of a row resample together);
+    None when the entries are the examples.
+    """
+
+    def __init__(
+        self, confidence: np.ndarray, correct: np.ndarray, rows: np.ndarray | None = None
+    ) -> None:
+        order = np.argsort(-confidence, kind="stable")
+        ordered = confidence[order]
+        self.rows = order if rows is None else rows[order]
+        self.wrong = 1.0 - correct[order]
         self.ends = np.flatnonzero(np.append(np.diff(ordered) != 0, True))
-        self.n = confidence.shape[0]
 
     def __call__(self, counts: np.ndarray) -> np.ndarray:
-        counts = counts[:, self.order]
-        accepted = np.cumsum(counts, axis=1)[:, self.ends]
+        counts = counts[:, self.rows]
         errors = np.cumsum(counts * self.wrong[None, :], axis=1)[:, self.ends]
+        accepted = np.cumsum(counts, axis=1)[:, self.ends]
         width = np.diff(accepted, axis=1, prepend=0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            risk = np.where(accepted > 0, errors / np.maximum(accepted, 1.0), 0.0)
+        risk = errors / np.maximum(accepted, 1.0)  # 0 where nothing is accepted yet
         return np.sum(width * risk, axis=1) / accepted[:, -1]
 
 
@@ -579,8 +668,8 @@ class _Statistics:
     def __init__(self) -> None:
         self.means: dict[str, np.ndarray] = {}  # name -> per-example values, averaged
         self.binned: dict[str, tuple[_BinnedEce, int | None]] = {}  # column to keep or mean
-        self.quantile: dict[str, list[_QuantileEce]] = {}
-        self.entry_rows: np.ndarray | None = None  # for per-entry statistics (multi-label)
+        self.quantile: dict[str, _QuantileEce] = {}  # the mean over its columns
+        self.width = 1  # numbers per example in the per-entry statistics (multi-label: L)
         self.aurc: _Aurc | None = None
         self.skipped: list[str] = []
 
@@ -590,11 +679,10 @@ class _Statistics:
         for name, (binned, column) in self.binned.items():
             values = binned(counts)
             out[name] = values[:, column] if column is not None else values.mean(axis=1)
-        for name, columns in self.quantile.items():
-            out[name] = np.mean([column(counts) for column in columns], axis=0)
+        for name, quantile in self.quantile.items():
+            out[name] = quantile(counts).mean(axis=1)
         if self.aurc is not None:
-            entries = counts if self.entry_rows is None else counts[:, self.entry_rows]
-            out["aurc"] = self.aurc(entries)
+            out["aurc"] = self.aurc(counts)
         if "nll" in out and "nll_after_temperature" in out:
             out["nll_drop"] = out["nll"] - out["nll_after_temperature"]
         if "ece" in out and "ece_after_temperature" in out:
@@ -605,8 +693,7 @@ class _Statistics:
         if n_bootstrap == 0:
             return {}
         collected: dict[str, list[np.ndarray]] = {}
-        width = 1 if self.entry_rows is None else max(1, self.entry_rows.shape[0] // n)
-        for counts in _blocks(n, n_bootstrap, seed, width):
+        for counts in _blocks(n, n_bootstrap, seed, self.width):
             for name, values in self(counts).items():
                 collected.setdefault(name, []).append(values)
         result = {}
@@ -683,6 +770,8 @@ def diagnose(
     if not 0 <= n_bootstrap <= 100_000:
         raise ValueError(f"n_bootstrap must be in [0, 100000], got n_bootstrap={n_bootstrap}")
     seed = _checks.check_int("seed", seed)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0 (a numpy generator seed), got seed={seed}")
     tolerance = _checks.check_real("tolerance", tolerance)
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1), got tolerance={tolerance}")
@@ -757,9 +846,16 @@ def diagnose(
             "ECE near 0 is biased upward under resampling (duplicated examples make the bins "
             "noisier); read the interval as its noise level."
         )
+    if z.shape[0] < MIN_EXAMPLES:
+        notes.append(
+            f"Only {_examples(z.shape[0])} (fewer than {MIN_EXAMPLES}): the bootstrap intervals "
+            "understate the uncertainty (one example, or identical ones, give a zero-width "
+            "interval), the median logit gap is noisy, and no over- or under-confidence "
+            "verdict is given."
+        )
     if n_bootstrap:
         notes.append(
-            f"Intervals: 95% percentile bootstrap over the {z.shape[0]} examples, "
+            f"Intervals: 95% percentile bootstrap over {_examples(z.shape[0])}, "
             f"{n_bootstrap} resamples, seed {seed}; T is held fixed in the resamples."
         )
     partial = Diagnosis(
@@ -802,6 +898,10 @@ def diagnose(
     return _replace(partial, findings=findings, next_steps=steps, verdict=verdict, _data=data)
 
 
+def _examples(n: int) -> str:
+    return "1 example" if n == 1 else f"{n} examples"
+
+
 def _replace(diagnosis: Diagnosis, **changes: Any) -> Diagnosis:
     values = {name: getattr(diagnosis, name) for name in diagnosis.__dataclass_fields__}
     values.update(changes)
@@ -822,32 +922,59 @@ def _gaps(z: np.ndarray, y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarr
     return np.abs(z).ravel(), ((z > 0) == (y == 1)).ravel()
 
 
-def _temperature(
-    fit_logits: np.ndarray, fit_labels: np.ndarray, accuracy: float, chance: float
-) -> tuple[float, bool, str]:
+def _temperature(fit_logits: np.ndarray, fit_labels: np.ndarray) -> tuple[float, bool, str]:
+    """T fitted on (N, K) logits and labels, whether it is usable, and why not.
+
+    The reason at a bound follows from the numbers where T was fitted: at the lower bound the
+    NLL keeps falling as T -> 0 exactly when every label has the largest logit (else a finite
+    optimum lies below the bound); at the upper bound it says whether the logits predict any
+    better than always choosing the most frequent class.
+    """
     lowest, highest = TEMPERATURE_BOUNDS
     t = metrics.fit_temperature(fit_logits, fit_labels, bounds=TEMPERATURE_BOUNDS)
+    n = fit_labels.shape[0]
+    correct = np.argmax(fit_logits, axis=1) == fit_labels
+    accuracy = float(np.mean(correct))
+    bounds = list(TEMPERATURE_BOUNDS)
     if abs(math.log(t / lowest)) < 1e-3:
-        return (
-            t,
-            False,
-            (
-                f"T = {t:g} is the lower bound of the search {list(TEMPERATURE_BOUNDS)}: the NLL "
-                f"keeps falling as T -> 0, as when the logits separate the labels (accuracy "
-                f"{accuracy:.4f} where T was fitted); no finite temperature is optimal"
-            ),
-        )
+        if accuracy == 1.0:
+            why = (
+                f"T = {t:g} is the lower bound of the search {bounds}: every label has the "
+                "largest logit where T was fitted (accuracy 1), so the NLL keeps falling as "
+                "T -> 0 and no finite temperature is optimal"
+            )
+        else:
+            why = (
+                f"T = {t:g} is the lower bound of the search {bounds}: the NLL is still falling "
+                f"there, so the best temperature lies below it (the logits would have to be "
+                f"multiplied by more than {1 / lowest:g}; accuracy {accuracy:.4f} where T was "
+                "fitted)"
+            )
+        return t, False, why
     if abs(math.log(t / highest)) < 1e-3:
-        return (
-            t,
-            False,
-            (
-                f"T = {t:g} is the upper bound of the search {list(TEMPERATURE_BOUNDS)}: the NLL "
-                f"keeps falling as T -> infinity, as when the logits rank the labels no better "
-                f"than a constant prediction (accuracy {accuracy:.4f} where T was fitted; "
-                f"chance {chance:.4f})"
-            ),
+        majority = float(np.bincount(fit_labels).max() / n)
+        head = (
+            f"T = {t:g} is the upper bound of the search {bounds}: the NLL is still falling "
+            f"there, so the best temperature lies above it (the logits would have to be divided "
+            f"by more than {highest:g})"
         )
+        if accuracy <= majority:
+            why = (
+                f"{head}; the logits predict no better than always choosing the most frequent "
+                f"class (accuracy {accuracy:.4f} where T was fitted; that class's share "
+                f"{majority:.4f})"
+            )
+        else:
+            log_probs = _log_softmax(fit_logits)
+            nll = -log_probs[np.arange(n), fit_labels]
+            share = float(nll[~correct].sum() / nll.sum()) if nll.sum() > 0 else 0.0
+            why = (
+                f"{head}, although the logits predict better than always choosing the most "
+                f"frequent class (accuracy {accuracy:.4f} where T was fitted; that class's share "
+                f"{majority:.4f}): the misclassified {1 - accuracy:.1%} of the examples carry "
+                f"{share:.1%} of the NLL, so their logits are far too large"
+            )
+        return t, False, why
     return t, True, ""
 
 
@@ -861,47 +988,53 @@ def _multiclass(
 ) -> dict[str, Any]:
     n, k = z.shape
     rows = np.arange(n)
-    log_probs = _log_softmax(z)
-    probs = np.exp(log_probs)
+    fit_z, fit_y = val if val is not None else (z, y)
+    # First: the fit's passes over (N, K) hold several copies of it, so nothing else of that
+    # size is alive yet; then each (N, K) array is exponentiated in place (peak memory).
+    t, ok, why = _temperature(fit_z, fit_y)
     prediction = np.argmax(z, axis=1)
     correct = (prediction == y).astype(np.float64)
-    fit_z, fit_y = val if val is not None else (z, y)
-    fit_accuracy = float(np.mean(np.argmax(fit_z, axis=1) == fit_y))
-    t, ok, why = _temperature(fit_z, fit_y, fit_accuracy, 1.0 / k)
-    log_scaled = _log_softmax(z / t)
+    probs = _log_softmax(z)
+    nll = -probs[rows, y]
+    np.exp(probs, out=probs)
+    scaled = _log_softmax(z / t)
+    nll_scaled = -scaled[rows, y]
+    np.exp(scaled, out=scaled)
     picked = probs[rows, y]
 
     stats = _Statistics()
     stats.means = {
         "accuracy": correct,
-        "nll": -log_probs[rows, y],
+        "nll": nll,
         # sum_c (p_c - [c = y])^2 without an (N, K) one-hot
         "brier": np.sum(probs**2, axis=1) - 2 * picked + 1,
-        "nll_after_temperature": -log_scaled[rows, y],
+        "nll_after_temperature": nll_scaled,
     }
     confidence = probs[rows, prediction]
-    stats.binned = {
-        "ece": (_BinnedEce(confidence[:, None], correct[:, None]), 0),
-        "ece_after_temperature": (
-            _BinnedEce(np.exp(log_scaled[rows, prediction])[:, None], correct[:, None]),
-            0,
-        ),
-    }
-    if n_bootstrap and n * k * N_BINS * n_bootstrap <= _BOOTSTRAP_BUDGET:
+    per_example = ["ece", "ece_after_temperature", "ece_quantile", "aurc"]
+    if n_bootstrap * len(per_example) * n <= _BOOTSTRAP_BUDGET:
+        stats.binned = {
+            "ece": (_BinnedEce(confidence[:, None], correct[:, None]), 0),
+            "ece_after_temperature": (
+                _BinnedEce(scaled[rows, prediction][:, None], correct[:, None]),
+                0,
+            ),
+        }
+        stats.quantile = {"ece_quantile": _QuantileEce(confidence[:, None], correct[:, None])}
+        stats.aurc = _Aurc(confidence, correct)
+    elif n_bootstrap:
+        notes.append(_skip_note(per_example, len(per_example) * n, n_bootstrap))
+    if n_bootstrap and n_bootstrap * n * k <= _BOOTSTRAP_BUDGET:
         onehot = np.zeros_like(probs)
         onehot[rows, y] = 1.0
         stats.binned["classwise_ece"] = (_BinnedEce(probs, onehot), None)
     elif n_bootstrap:
-        notes.append(
-            f"No bootstrap interval for classwise_ece: N x K = {n * k} is too large for "
-            f"{n_bootstrap} resamples."
-        )
-    stats.quantile = {"ece_quantile": [_QuantileEce(confidence, correct)]}
-    stats.aurc = _Aurc(confidence, correct)
+        notes.append(_skip_note(["classwise_ece"], n * k, n_bootstrap))
     intervals = stats.intervals(n, n_bootstrap, seed)
     gaps, is_correct = _gaps(z, y, "multiclass")
     return {
         "accuracy": float(np.mean(correct)),
+        "baseline_accuracy": float(np.bincount(y, minlength=k).max() / n),
         "nll": float(np.mean(stats.means["nll"])),
         "brier": float(np.mean(stats.means["brier"])),
         "ece": metrics.expected_calibration_error(probs, y, N_BINS),
@@ -916,7 +1049,7 @@ def _multiclass(
         "temperature_ok": ok,
         "temperature_note": why,
         "nll_after_temperature": float(np.mean(stats.means["nll_after_temperature"])),
-        "ece_after_temperature": metrics.expected_calibration_error(np.exp(log_scaled), y, N_BINS),
+        "ece_after_temperature": metrics.expected_calibration_error(scaled, y, N_BINS),
         "_gaps": gaps,
         "_correct": is_correct,
         "_stats": stats,
@@ -937,9 +1070,8 @@ def _binary(
     predicted = (z > 0).astype(np.float64)
     hit = (predicted == y).astype(np.float64)
     fit_z, fit_y = val if val is not None else (z, y)
-    two_class = np.stack([np.zeros(fit_z.size), fit_z.ravel()], axis=1)
-    fit_accuracy = float(np.mean((fit_z > 0) == (fit_y == 1)))
-    t, ok, why = _temperature(two_class, fit_y.ravel().astype(np.int64), fit_accuracy, 0.5)
+    two_class = np.stack([np.zeros(fit_z.size), fit_z.ravel()], axis=1)  # argmax: z > 0
+    t, ok, why = _temperature(two_class, fit_y.ravel().astype(np.int64))
     zt = z / t
     p_t = np.exp(_log_sigmoid(zt))
     bce_t = -(y * _log_sigmoid(zt) + (1 - y) * _log_sigmoid(-zt))
@@ -951,18 +1083,27 @@ def _binary(
         "brier": ((p - y) ** 2).mean(axis=1),
         "nll_after_temperature": bce_t.mean(axis=1),
     }
-    stats.binned = {
-        "ece": (_BinnedEce(p, y), None),
-        "ece_after_temperature": (_BinnedEce(p_t, y), None),
-    }
-    stats.quantile = {"ece_quantile": [_QuantileEce(p[:, j], y[:, j]) for j in range(width)]}
-    confidence = np.maximum(p, 1 - p).ravel()
-    stats.aurc = _Aurc(confidence, hit.ravel())
-    stats.entry_rows = np.repeat(np.arange(n), width)
+    per_entry = ["ece", "ece_after_temperature", "ece_quantile", "aurc"]
+    if n_bootstrap * len(per_entry) * n * width <= _BOOTSTRAP_BUDGET:
+        stats.binned = {
+            "ece": (_BinnedEce(p, y), None),
+            "ece_after_temperature": (_BinnedEce(p_t, y), None),
+        }
+        stats.quantile = {"ece_quantile": _QuantileEce(p, y)}
+        confidence = np.maximum(p, 1 - p).ravel()
+        stats.aurc = _Aurc(confidence, hit.ravel(), rows=np.repeat(np.arange(n), width))
+        stats.width = width
+    elif n_bootstrap:
+        notes.append(_skip_note(per_entry, len(per_entry) * n * width, n_bootstrap))
     intervals = stats.intervals(n, n_bootstrap, seed)
     per_label_auroc = metrics.multilabel_auroc(z, y, average="none")
     defined = [a for a in per_label_auroc if not math.isnan(a)]
-    if len(defined) < width:
+    if not defined:
+        notes.append(
+            "AUROC is undefined: every label has only one class present in labels, so there is "
+            "no AUROC."
+        )
+    elif len(defined) < width:
         notes.append(
             f"AUROC is undefined for {width - len(defined)} of {width} labels (only one class "
             "present); the macro AUROC is over the others."
@@ -970,8 +1111,10 @@ def _binary(
     ece_per_label = metrics.multilabel_calibration_error(p, y, N_BINS, average="none")
     gaps, is_correct = _gaps(z, y, "binary")
     entries = np.stack([1 - p.ravel(), p.ravel()], axis=1)
+    positive = y.mean(axis=0)
     return {
         "accuracy": float(hit.mean()),
+        "baseline_accuracy": float(np.maximum(positive, 1 - positive).mean()),
         "nll": float(bce.mean()),
         "brier": float(((p - y) ** 2).mean()),
         "ece": float(np.mean(ece_per_label)),
@@ -1019,7 +1162,11 @@ def _binary_targets(
         window = low / 2
         near = np.abs(p - np.where(positive, high, low)) <= window
         share = float(near.mean())
-        collapse[name] = {"window": window, "share": share, "collapsed": share >= COLLAPSE_SHARE}
+        # The implied targets come from the outputs' own median gap: the share near them says
+        # how concentrated the outputs are, not that smoothing collapsed them (random logits of
+        # unit scale reach 50%), so they get no call.
+        called = None if name == "implied" else share >= COLLAPSE_SHARE
+        collapse[name] = {"window": window, "share": share, "collapsed": called}
     return {
         "mean_prob_negatives": mean(negative),
         "mean_prob_positives": mean(positive),
@@ -1051,10 +1198,14 @@ def _loss_check(
     unsmoothed = reference(0.0, "uniform")
     references = {"unsmoothed": unsmoothed}
     loss_implied: dict[str, float | None] = {}
+    slopes: dict[str, float] = {}
     for convention in _checks.STYLES:
         top = _checks.eps_upper_bound(k, convention)
         slope = (reference(top, convention) - unsmoothed) / top  # every loss is linear in eps
-        loss_implied[convention] = (loss - unsmoothed) / slope if slope != 0 else None
+        slopes[convention] = slope
+        implied = (loss - unsmoothed) / slope if slope != 0 else None
+        # within rounding of 0 (a loss equal to the unsmoothed one): 0, not +-1e-16
+        loss_implied[convention] = 0.0 if implied is not None and abs(implied) < 1e-9 else implied
         if eps is not None and eps <= top * (1 + 1e-12):
             references[convention] = reference(min(eps, top), convention)
     relative = {
@@ -1076,6 +1227,7 @@ def _loss_check(
         "ok": ok,
         "rtol": LOSS_RTOL,
         "loss_implied_eps": loss_implied,
+        "slope": slopes,
     }
 
 
@@ -1111,14 +1263,37 @@ def _ece_change(d: Diagnosis) -> str:
 
 def _calibration_sentences(d: Diagnosis, findings: list[str], steps: list[str]) -> None:
     t = d.temperature
+    # Binary/multi-label accuracy is low-information under imbalance: there the ranking
+    # (AUROC, where defined) must be no better than chance too.
+    ranking = d.task == "multiclass" or d.auroc is None or d.auroc <= 0.5
+    if d.accuracy <= d.baseline_accuracy and ranking:
+        what = (
+            "class"
+            if d.task == "multiclass"
+            else ("value of the label" if d.task == "binary" else "value of each label")
+        )
+        findings.append(
+            f"The accuracy {d.accuracy:.4f} is no better than always predicting the most "
+            f"frequent {what} ({d.baseline_accuracy:.4f})"
+            + (
+                f", and the AUROC {d.auroc:.4f} no better than chance."
+                if d.auroc is not None
+                else "."
+            )
+        )
+        steps.append(
+            "Check that logits and labels belong together (the same examples in the same order) "
+            "and come from the trained model."
+        )
     drop = d.nll - d.nll_after_temperature
     relative = drop / d.nll if d.nll > 0 else 0.0
     nll_ci = d.intervals.get("nll_drop")
     clear = relative >= MIN_RELATIVE_NLL_DROP and (nll_ci is None or nll_ci[0] > 0)
+    on_validation = d.temperature_fit_on == "validation examples"
     where = (
-        " (fitted and evaluated on the same examples)"
-        if d.temperature_fit_on == "the same examples"
-        else " (fitted on the validation examples)"
+        " (fitted on the validation examples)"
+        if on_validation
+        else " (fitted and evaluated on the same examples)"
     )
     nll_text = (
         f"the NLL from {d.nll:.4f} to {d.nll_after_temperature:.4f} ({-100 * relative:+.1f}%"
@@ -1128,8 +1303,33 @@ def _calibration_sentences(d: Diagnosis, findings: list[str], steps: list[str]) 
     if not d.temperature_ok:
         findings.append(f"Temperature scaling finds no usable temperature: {d.temperature_note}.")
         steps.append(
-            "Fit the temperature on held-out examples (val_logits/val_labels), more of them if "
-            "T stays at a bound: a temperature at a bound says nothing about calibration."
+            (
+                "Fit the temperature on more held-out examples"
+                if on_validation
+                else "Fit the temperature on held-out examples (val_logits/val_labels), more of "
+                "them if T stays at a bound"
+            )
+            + "; a T at a bound is no usable temperature (the finding above says why)."
+        )
+    elif d.num_examples < MIN_EXAMPLES:
+        findings.append(
+            f"Too few examples to judge calibration: {d.num_examples}, fewer than the "
+            f"{MIN_EXAMPLES} required here; temperature scaling{where} fits T = {t:.3g} and "
+            f"moves {nll_text}."
+        )
+        steps.append(
+            f"Diagnose on more examples (at least {MIN_EXAMPLES}; hundreds for narrow intervals)."
+        )
+    elif drop < 0 and on_validation:
+        findings.append(
+            f"The temperature fitted on the validation examples (T = {t:.3g}) raises the NLL of "
+            f"these examples from {d.nll:.4f} to {d.nll_after_temperature:.4f} "
+            f"(+{-100 * relative:.1f}%); {_ece_change(d)}: the validation examples do not "
+            "behave like these, so their temperature does not carry over."
+        )
+        steps.append(
+            "Check that val_logits/val_labels come from the same model and the same kind of "
+            "examples as logits/labels."
         )
     elif t > 1 and clear:
         findings.append(
@@ -1163,7 +1363,7 @@ def _calibration_sentences(d: Diagnosis, findings: list[str], steps: list[str]) 
     else:
         if relative < MIN_RELATIVE_NLL_DROP:
             reason = (
-                f"lowers the NLL by only {100 * relative:.2f}% ({d.nll:.4f} -> "
+                f"lowers the NLL by only {100 * max(relative, 0.0):.2f}% ({d.nll:.4f} -> "
                 f"{d.nll_after_temperature:.4f}), less than the "
                 f"{100 * MIN_RELATIVE_NLL_DROP:g}% required here"
             )
@@ -1173,21 +1373,41 @@ def _calibration_sentences(d: Diagnosis, findings: list[str], steps: list[str]) 
                 f"{_interval(nll_ci)} includes 0"
             )
         findings.append(
-            f"No mis-calibration that temperature scaling can fix: T = {t:.3g}{where} {reason}; "
-            f"{_ece_change(d)}."
+            f"No mis-calibration shown that temperature scaling would fix: T = {t:.3g}{where} "
+            f"{reason}; {_ece_change(d)}."
         )
+
+
+def _gap_count(d: Diagnosis) -> str:
+    """'37 correctly classified' or 'all 5'."""
+    if d.gap_examples == "all":
+        return f"all {d.gap_count}"
+    return f"{d.gap_count} {d.gap_examples}"
+
+
+def _gap_group(d: Diagnosis) -> str:
+    """'the 37 correctly classified examples' or 'all 5 entries (gap = |logit|)'."""
+    unit = "examples" if d.task == "multiclass" else "entries (gap = |logit|)"
+    if d.gap_examples == "all":
+        return f"all {d.gap_count} {unit}"
+    return f"the {d.gap_count} {d.gap_examples} {unit}"
 
 
 def _gap_sentences(d: Diagnosis, findings: list[str], steps: list[str]) -> None:
     k = d.num_classes
-    unit = "examples" if d.task == "multiclass" else "entries (gap = |logit|)"
     uniform, others = d.implied_eps["uniform"], d.implied_eps["others"]
     text = (
-        f"The median logit gap of the {d.gap_count} {d.gap_examples} {unit} is "
-        f"{d.median_logit_gap:.3g}, the optimum gap of eps ≈ {uniform:.3g} with style 'uniform' "
-        f"or eps ≈ {others:.3g} with 'others' (K = {k})."
+        f"The median logit gap of {_gap_group(d)} is {d.median_logit_gap:.3g}, the optimum gap "
+        f"of eps ≈ {uniform:.3g} with style 'uniform' or eps ≈ {others:.3g} with 'others' "
+        f"(K = {k})."
     )
-    if uniform < 1e-3:
+    if uniform == 0.0:
+        text = (
+            f"The median logit gap of {_gap_group(d)} is {d.median_logit_gap:.3g}, larger than "
+            "the optimum gap of any eps > 0 in floating point (the implied eps underflows to 0 "
+            f"in both styles; K = {k}): consistent with training without smoothing."
+        )
+    elif uniform < 1e-3:
         text += (
             " An implied eps this small is consistent with training without smoothing "
             "(eps = 0 has no finite optimum gap)."
@@ -1245,6 +1465,15 @@ def _gap_sentences(d: Diagnosis, findings: list[str], steps: list[str]) -> None:
                 f"{relative:.1%} above {eps:g}, consistent with stronger smoothing than stated, "
                 f"a model that has not fitted its training examples{extra}."
             )
+            if d.style is not None or d.convention is None:
+                steps.append(
+                    "Check the eps and style your training code used and whether training "
+                    "converged: the training examples' gaps are below the optimum."
+                    if on
+                    else "Pass train_logits/train_labels: whether the training examples sit at "
+                    "the optimum tells a model that has not fitted them from held-out examples "
+                    "that are harder."
+                )
     factor = (k - 1) / k
     if d.style is not None:
         other = "others" if d.style == "uniform" else "uniform"
@@ -1296,7 +1525,13 @@ def _binary_sentences(d: Diagnosis, findings: list[str], steps: list[str]) -> No
     collapsed = False
     for name, c in b["collapse"].items():
         which = "implied" if name == "implied" else f"{name}"
-        if c["collapsed"]:
+        if c["collapsed"] is None:
+            findings.append(
+                f"{c['share']:.0%} of the outputs lie within {c['window']:.3g} of their implied "
+                "target; without eps this says how concentrated the outputs are, not whether "
+                "smoothing collapsed them (pass eps to compare with the targets of the eps used)."
+            )
+        elif c["collapsed"]:
             collapsed = True
             findings.append(
                 f"{c['share']:.0%} of the outputs lie within {c['window']:.3g} of their {which} "
@@ -1352,9 +1587,16 @@ def _loss_sentences(d: Diagnosis, findings: list[str], steps: list[str]) -> None
     )
     if d.eps is None:
         if "unsmoothed" in matches:
+            unseen = [
+                f"{c['rtol'] * abs(refs['unsmoothed']) / abs(c['slope'][s]):.2g} ({s})"
+                for s in _checks.STYLES
+                if c["slope"][s] != 0
+            ]
             findings.append(
-                f"{head} equals the unsmoothed loss ({refs['unsmoothed']:.6g}): no smoothing "
-                "was applied."
+                f"{head} equals the unsmoothed loss ({refs['unsmoothed']:.6g}) within the "
+                f"relative tolerance {c['rtol']:g}: no smoothing was applied, or an eps too "
+                "small to change the loss that much"
+                + (f" (below {' or '.join(unseen)})." if unseen else ".")
             )
         else:
             findings.append(
@@ -1404,7 +1646,16 @@ def _loss_sentences(d: Diagnosis, findings: list[str], steps: list[str]) -> None
         steps.append(fix)
         return
     matched = [s for s in _checks.STYLES if s in matches]
-    if matched:
+    if not matched and "unsmoothed" in matches and d.eps > 0:
+        shown = ", ".join(
+            f"{name} {value:.6g}" for name, value in refs.items() if name in _checks.STYLES
+        )
+        findings.append(
+            f"{head} matches the unsmoothed loss ({refs['unsmoothed']:.6g}), not the reference "
+            f"loss of eps = {d.eps:g} in either style ({shown}): the smoothing was not applied."
+        )
+        steps.append(fix)
+    elif matched:
         findings.append(
             f"{head} matches the reference loss of eps = {d.eps:g} with style "
             + " and ".join(repr(s) for s in matched)
@@ -1428,6 +1679,7 @@ def _verdict(d: Diagnosis, styles: list[str]) -> tuple[list[str], list[str]]:
     _gap_sentences(d, findings, steps)
     _binary_sentences(d, findings, steps)
     _loss_sentences(d, findings, steps)
+    steps = list(dict.fromkeys(steps))  # one sentence can be triggered by both styles
     if not steps:
         steps.append("Nothing in these numbers calls for a change.")
     return findings, steps
@@ -1465,10 +1717,10 @@ def _table_rows(d: Diagnosis) -> list[tuple[str, str, str]]:
 
 def _headline(d: Diagnosis) -> str:
     if d.task == "multiclass":
-        return f"{d.num_examples} examples, {d.num_classes} classes (multiclass)"
+        return f"{_examples(d.num_examples)}, {d.num_classes} classes (multiclass)"
     if d.task == "binary":
-        return f"{d.num_examples} examples (binary)"
-    return f"{d.num_examples} examples, {d.num_labels} labels (multilabel)"
+        return f"{_examples(d.num_examples)} (binary)"
+    return f"{_examples(d.num_examples)}, {d.num_labels} labels (multilabel)"
 
 
 def _summary(d: Diagnosis) -> str:
@@ -1482,7 +1734,7 @@ def _summary(d: Diagnosis) -> str:
     flag = "" if d.temperature_ok else "  (at a bound: not usable)"
     lines.append(f"  temperature T = {d.temperature:.4g}, fitted on {d.temperature_fit_on}{flag}")
     lines.append(
-        f"  logit gap: median {d.median_logit_gap:.4g} over {d.gap_count} {d.gap_examples} "
+        f"  logit gap: median {d.median_logit_gap:.4g} over {_gap_count(d)} "
         f"(10%-90%: {d.logit_gap_quantiles['10%']:.3g}-{d.logit_gap_quantiles['90%']:.3g}); "
         f"implied eps: uniform {d.implied_eps['uniform']:.4g}, others "
         f"{d.implied_eps['others']:.4g}"
@@ -1543,7 +1795,8 @@ def _figures(d: Diagnosis) -> list[dict[str, str]]:
     style = d.style or (d.convention if d.convention in _checks.STYLES else "uniform")
     eps = d.eps if d.eps is not None else d.implied_eps[style]
     caption = (
-        f"Logit gap of the {d.gap_examples} {'examples' if d.task == 'multiclass' else 'entries'}"
+        f"Logit gap of {'all' if d.gap_examples == 'all' else 'the ' + d.gap_examples} "
+        f"{'examples' if d.task == 'multiclass' else 'entries'}"
         + (
             f", with the optimum of eps = {eps:g} ({style})"
             if d.eps is not None
@@ -1611,6 +1864,7 @@ def _render_html(d: Diagnosis) -> str:
     return template.render(
         d=d,
         headline=_headline(d),
+        gap_count=_gap_count(d),
         rows=_table_rows(d),
         figures=figures,
         missing=missing,
@@ -1678,23 +1932,42 @@ def _load_npz(file: Path) -> dict[str, Any]:
             if key not in FILE_KEYS:
                 continue
             try:
-                found[key] = archive[key]
+                value = archive[key]
             except ValueError as err:
+                if "allow_pickle" in str(err):
+                    raise ValueError(
+                        f"{file}: array {key!r} holds Python objects (dtype=object); refusing "
+                        "to unpickle it: save numeric arrays"
+                    ) from err
+                raise ValueError(f"{file}: array {key!r} cannot be read: {err}") from err
+            except (zipfile.BadZipFile, EOFError) as err:
+                raise ValueError(f"{file}: array {key!r} cannot be read: {err}") from err
+            if not isinstance(value, np.ndarray):
                 raise ValueError(
-                    f"{file}: array {key!r} holds Python objects (dtype=object); refusing to "
-                    "unpickle it: save numeric arrays"
-                ) from err
+                    f"{file}: member {key!r} is not a .npy array; write the file with "
+                    "np.savez(path, logits=..., labels=...)"
+                )
+            found[key] = value
     return found
 
 
 def _load_pt(file: Path) -> dict[str, Any]:
     try:
-        content = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's deprecation notes are not the user's business
+            warnings.simplefilter("ignore")
+            content = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        # torch's message advises weights_only=False (arbitrary code): keep only its reason
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
+        if reason is not None:
+            detail = " ".join(reason[1].split())
+        else:
+            detail = text.splitlines()[0] if text else type(err).__name__
         raise ValueError(
-            f"{file}: cannot be read with torch.load(weights_only=True): {first}; save a dict "
-            "of tensors: torch.save({'logits': ..., 'labels': ...}, path)"
+            f"{file}: cannot be read with torch.load(weights_only=True) ({detail}); it is never "
+            "unpickled otherwise: save a dict of tensors: "
+            "torch.save({'logits': ..., 'labels': ...}, path)"
         ) from err
     if not isinstance(content, Mapping):
         raise ValueError(
@@ -1705,10 +1978,13 @@ def _load_pt(file: Path) -> dict[str, Any]:
         if key not in FILE_KEYS:
             continue
         if isinstance(value, Tensor):
-            value = value.detach().cpu()
-            if value.dtype == torch.bfloat16:
-                value = value.float()
-            found[key] = value.numpy()
+            try:
+                value = _dense(key, value).detach().cpu()
+                if value.dtype == torch.bfloat16:
+                    value = value.float()
+                found[key] = value.numpy()
+            except (ValueError, TypeError, RuntimeError) as err:
+                raise ValueError(f"{file}: tensor {key!r} cannot be used: {err}") from err
         elif key == "loss" and isinstance(value, (int, float)) and not isinstance(value, bool):
             found[key] = float(value)
         else:
@@ -1721,8 +1997,12 @@ def _load_pt(file: Path) -> dict[str, Any]:
 
 
 def _load_csv(file: Path) -> dict[str, Any]:
-    with open(file, newline="", encoding="utf-8") as stream:
-        header = next(csv.reader(stream), None)
+    # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part of the header
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as stream:
+            header = next(csv.reader(stream), None)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file}: not UTF-8 text ({err}); expected {CSV_LAYOUT}") from err
     if not header:
         raise ValueError(f"{file}: empty; expected {CSV_LAYOUT}")
     names = [name.strip() for name in header]
@@ -1732,12 +2012,21 @@ def _load_csv(file: Path) -> dict[str, Any]:
     if extra or not label_columns or not logit_columns:
         problem = f"unexpected column {extra[0]!r}" if extra else "missing label or logit columns"
         raise ValueError(f"{file}: {problem}; expected {CSV_LAYOUT}")
-    try:
-        table = np.loadtxt(file, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
-    except ValueError as err:
-        raise ValueError(f"{file}: {err}; expected numbers only, {CSV_LAYOUT}") from err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": said below
+        try:
+            table = np.loadtxt(
+                file, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64, encoding="utf-8-sig"
+            )
+        except ValueError as err:  # UnicodeDecodeError included
+            raise ValueError(f"{file}: {err}; expected numbers only, {CSV_LAYOUT}") from err
     if table.shape[0] == 0:
-        raise ValueError(f"{file}: no rows after the header")
+        raise ValueError(f"{file}: no rows after the header; expected {CSV_LAYOUT}")
+    if table.shape[1] != len(names):
+        raise ValueError(
+            f"{file}: the header has {len(names)} columns, the rows {table.shape[1]}; "
+            f"expected {CSV_LAYOUT}"
+        )
     labels = table[:, label_columns]
     logits = table[:, logit_columns]
     if names[label_columns[0]] == "label":
