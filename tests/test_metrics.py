@@ -839,3 +839,9 @@ def test_reliability_curve_norms_match_torchmetrics():
     assert curve.calibration_error("l1") == curve.expected_calibration_error
     with pytest.raises(ValueError, match="norm"):
         curve.calibration_error("l3")
+
+
+@pytest.mark.parametrize("k", [2, 3, 7, 10, 1000])
+def test_theoretical_gap_is_exactly_zero_at_the_largest_others_eps(k):
+    assert metrics.theoretical_gap((k - 1) / k, k, "others") == 0.0
+    assert metrics.theoretical_gap(1.0, k, "uniform") == 0.0

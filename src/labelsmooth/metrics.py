@@ -1184,4 +1184,5 @@ def theoretical_gap(eps: float, num_classes: int, style: str = "uniform") -> flo
     k = num_classes
     if style == "uniform":
         return math.log1p(k * (1.0 - eps) / eps)
-    return max(math.log((k - 1) * (1.0 - eps) / eps), 0.0)
+    # log1p of ((K-1)(1-eps) - eps)/eps = (K-1-K eps)/eps: exactly 0 at the largest eps
+    return max(math.log1p((k - 1 - k * eps) / eps), 0.0)
