@@ -153,9 +153,10 @@ def test_binary_grad_and_vmap():
 
 
 def test_auto_on_a_large_input_under_func_grad_and_vmap():
-    """Eagerly "auto" picks a fused kernel here; under torch.func it takes the closed form."""
-    n, k = 64, 1100
-    assert n * k > kernels.AUTO_MIN_ELEMENTS
+    """Eagerly "auto" picks a fused kernel here; under torch.func it takes pure torch."""
+    k = 1100
+    n = kernels.AUTO_MIN_ELEMENTS // k + 1
+    assert n * k > kernels.AUTO_MIN_ELEMENTS and k >= kernels.AUTO_MIN_CLASSES
     logits, target = torch.randn(n, k), torch.randint(0, k, (n,))
     problem = ls._problem.prepare(
         logits, target, 0.1, "uniform", None, None, -100, "mean", False, True

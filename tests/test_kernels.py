@@ -508,13 +508,20 @@ def test_auto_choice():
     assert functional.auto_impl(problem(big.bfloat16(), index)) == "compiled"
     assert functional.auto_impl(problem(big.double(), index)) == "torch"
     assert functional.auto_impl(problem(big, big.softmax(1))) == "torch"
+    # The class dimension not last, or too few classes: no kernel, however large.
+    dense = torch.randn(8, 19, 64, 64)
+    assert dense.numel() >= kernels.AUTO_MIN_ELEMENTS
+    assert functional.auto_impl(problem(dense, torch.zeros(8, 64, 64, dtype=torch.long))) == "torch"
+    few = torch.randn(kernels.AUTO_MIN_ELEMENTS // 10 + 1, 10)
+    assert functional.auto_impl(problem(few, torch.zeros(len(few), dtype=torch.long))) == "torch"
 
 
 def test_auto_on_a_large_problem_equals_reference():
     generator = torch.Generator().manual_seed(14)
-    logits = torch.randn(64, 1100, generator=generator) * 3
-    target = _index_target((64,), 1100, generator)
-    upstream = torch.ones(64)
+    rows = kernels.AUTO_MIN_ELEMENTS // 1100 + 1  # "auto" takes a kernel at this size
+    logits = torch.randn(rows, 1100, generator=generator) * 3
+    target = _index_target((rows,), 1100, generator)
+    upstream = torch.ones(rows)
     kwargs = dict(eps=0.1, style="others", z_loss=1e-3, softcap=10.0)
     _assert_same(
         _run("auto", logits, target, upstream, **kwargs),

@@ -31,20 +31,22 @@ _BOUND_SLACK = 1e-12
 _PRIOR_SUM_TOL = 1e-4
 
 
+_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
 def _functorch_active() -> bool:
-    try:
-        return bool(torch._C._are_functorch_transforms_active())
-    except AttributeError:  # pragma: no cover - older torch
+    if _TRANSFORMS_ACTIVE is None:  # pragma: no cover - older torch
         return False
+    return bool(_TRANSFORMS_ACTIVE())
+
+
+_IS_WRAPPED = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 
 
 def _functorch_wrapped(tensor: object) -> bool:
-    try:
-        return isinstance(tensor, Tensor) and bool(
-            torch._C._functorch.is_functorch_wrapped_tensor(tensor)
-        )
-    except AttributeError:  # pragma: no cover - older torch
+    if _IS_WRAPPED is None:  # pragma: no cover - older torch
         return False
+    return isinstance(tensor, Tensor) and bool(_IS_WRAPPED(tensor))
 
 
 def tracing(*tensors: object) -> bool:
@@ -53,11 +55,16 @@ def tracing(*tensors: object) -> bool:
     True inside ``torch.compile`` (``torch.compiler.is_compiling()``), while a ``torch.func``
     transform (``grad``, ``vmap``, ``jacrev``, ...) is active, or when one of ``tensors`` is
     wrapped by one. Value checks that need a host sync are skipped then, and
-    ``impl="auto"`` takes the pure-torch closed form.
+    ``impl="auto"`` takes pure torch (``F.cross_entropy`` or the closed form), no kernel.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _functorch_active():
         return True
-    return _functorch_active() or any(_functorch_wrapped(t) for t in tensors)
+    if _IS_WRAPPED is None:  # pragma: no cover - older torch
+        return False
+    for tensor in tensors:  # noqa: SIM110 - a plain loop: this runs on every call of every loss
+        if isinstance(tensor, Tensor) and _IS_WRAPPED(tensor):
+            return True
+    return False
 
 
 def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
@@ -296,9 +303,15 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | No
         )
 
 
-def check_unit_interval(name: str, tensor: Tensor) -> None:
-    """Binary targets must lie in [0, 1] (host sync; skipped while :func:`tracing`)."""
-    if tensor.numel() == 0 or tracing(tensor):
+def check_unit_interval(name: str, tensor: Tensor, *, traced: bool | None = None) -> None:
+    """Binary targets must lie in [0, 1] (host sync; skipped while :func:`tracing`; a caller
+    that knows already passes ``traced``)."""
+    if tensor.numel() == 0 or (tracing(tensor) if traced is None else traced):
+        return
+    # One pass (aminmax) and two reads; NaN fails both tests. Detached only where it needs to
+    # be (reading a tensor that requires grad warns): every step costs on small inputs.
+    low, high = torch.aminmax(tensor.detach() if tensor.requires_grad else tensor)
+    if low.item() >= 0 and high.item() <= 1:
         return
     outside = ~((tensor >= 0) & (tensor <= 1))  # NaN counts as outside
     if bool(outside.any()):

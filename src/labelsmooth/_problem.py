@@ -8,6 +8,7 @@ neither imports the other's internals. It imports only torch, :mod:`labelsmooth.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,10 @@ class CrossEntropyProblem:
     ``target`` is (M,) int64 with ignored entries replaced by 0 and ``valid`` marks the rest;
     for probability targets ``target`` is (M, K) and ``valid`` is ``None``. ``prior`` and
     ``weight`` are (K,) in ``compute_dtype``. ``z_loss`` (0 = off), ``softcap`` (None = off)
-    and ``inplace`` are the LLM extras of :func:`labelsmooth.cross_entropy`.
+    and ``inplace`` are the LLM extras of :func:`labelsmooth.cross_entropy`. ``class_last`` says
+    whether the caller's class dimension was last already (``logits`` is then a view of the
+    input); for an (N, C, d1, ..., dk) input with d1 * ... * dk > 1 it is False and ``logits`` is a
+    copy.
 
     With ``validate=False`` a class index outside [0, K) that is not ``ignore_index`` is not
     checked up front; :func:`prepare` then stores every *negative* one as K, so that no
@@ -55,6 +59,7 @@ class CrossEntropyProblem:
     softcap: float | None = None
     inplace: bool = False
     traced: bool = False
+    class_last: bool = True
 
     @property
     def soft(self) -> bool:
@@ -169,4 +174,5 @@ def prepare(
         softcap=softcap,
         inplace=inplace,
         traced=traced,
+        class_last=math.prod(input.shape[class_dim + 1 :]) == 1,
     )

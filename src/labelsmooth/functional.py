@@ -9,6 +9,7 @@ accumulates in float32 whatever the input dtype (float64 stays float64).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -22,7 +23,6 @@ from ._composite import reference as _reference
 from ._problem import CrossEntropyProblem, Implementation
 from ._problem import prepare as _prepare
 from .kernels.linear import linear_cross_entropy
-from .targets import smooth_binary
 
 __all__ = [
     "IMPLS",
@@ -56,22 +56,316 @@ class DoubleSmoothingWarning(UserWarning):
     """
 
 
+def _kernel_pays_off(numel: int, num_classes: int, class_last: bool, dtype: torch.dtype) -> bool:
+    """Whether a fused kernel beats ``F.cross_entropy`` on a problem of this size (see
+    :func:`auto_impl` for the measurements behind the rule); float64 never takes one."""
+    if not class_last or dtype == torch.float64:
+        return False
+    if numel >= kernels.AUTO_MIN_ELEMENTS and num_classes >= kernels.AUTO_MIN_CLASSES:
+        return True
+    return (
+        dtype in (torch.bfloat16, torch.float16)
+        and numel >= kernels.AUTO_MIN_ELEMENTS_HALF
+        and num_classes >= kernels.AUTO_MIN_CLASSES_HALF
+    )
+
+
 def auto_impl(problem: CrossEntropyProblem) -> str:
-    """The name ``impl="auto"`` picks for a checked problem (see :func:`cross_entropy`)."""
+    """The name ``impl="auto"`` picks for a checked problem (see :func:`cross_entropy`).
+
+    Before a problem is even built, ``"auto"`` hands the common case (class indices,
+    ``style="uniform"``, no prior, no ``kl``/``z_loss``/``softcap``/``inplace``, eps in [0, 1],
+    class weights positive and finite or absent) to PyTorch's own ``F.cross_entropy`` (see
+    :func:`_native_cross_entropy`), unless :func:`_kernel_pays_off`; this function decides
+    for everything else, and :func:`auto_choice` reports either decision.
+
+    The rule comes from measurements on a 2-core x86 VM (AVX-512, torch 2.13; forward +
+    backward, CPU time of one thread, interleaved medians:
+    ``python benchmarks/bench_small_shapes.py --crossover --clock cpu``, the full table in
+    ``benchmarks/results/cpu_small.md``). Time of ``"compiled"`` over that of
+    ``F.cross_entropy``, float32, class dimension last, by the number of logits N*K:
+
+    =======  =====  =====  =====  =====
+    K        2^17   2^18   2^19   2^20
+    =======  =====  =====  =====  =====
+    2        2.17   2.31   2.06   2.24
+    8        0.81   0.75   0.68   0.65
+    16       2.39   2.20   1.91   1.05
+    32       2.30   1.70   1.57   0.40
+    100      2.25   2.04   1.59   1.19
+    256      1.76   1.33   1.04   0.58
+    1000     1.60   1.19   0.89   0.69
+    8000     1.63   1.20   0.91   0.53
+    =======  =====  =====  =====  =====
+
+    bfloat16 against the float32-upcast native path that ``"auto"`` runs otherwise (float32
+    accumulation): 1.02-1.16 at 2^18 and 0.67-0.87 at 2^19 for K >= 256; from 2^20 logits
+    that path's float32 copy no longer fits the cache, and the kernel wins from K = 32 on too
+    (K = 32: 0.66, 0.59 at 2^20, 2^21; K = 100: 1.14, 0.55; K = 16: 1.6, 1.4, where the
+    float32 path is 4-9x faster than PyTorch's own bf16 one). So the kernel is used from
+    ``kernels.AUTO_MIN_ELEMENTS`` = 2^19 logits with at least ``kernels.AUTO_MIN_CLASSES`` =
+    256 classes (bf16/fp16 also from ``AUTO_MIN_ELEMENTS_HALF`` = 2^20 logits with at least
+    ``AUTO_MIN_CLASSES_HALF`` = 32 classes), and only when the class dimension is last: an
+    (N, C, d1, ..., dk) input would first be copied to rows, and with its few classes the
+    kernel is then 3.2-5.5x slower than ``F.cross_entropy`` on the input as it is
+    ((8 or 64, 21, 16, 16), (8, 19, 64, 64), (4, 150, 32, 32)). Left out on purpose: K = 8
+    (the kernel is 1.2-1.5x faster because PyTorch's ``log_softmax`` does not vectorise rows
+    shorter than a register on this CPU; another vector width moves that), and K < 256 at
+    2^20 float32 logits and beyond, where the measurements scatter (0.4-1.2). Float64 and
+    probability targets never take a kernel; CUDA follows the same rule with ``"chunked"``
+    (not yet measured on a GPU).
+    """
     logits = problem.logits
     if problem.traced:
         # torch.compile / torch.func: the closed form is plain torch and traces (no graph
         # break, vmap and grad rules for every op); the kernels' autograd functions do not.
         return "torch"
-    if problem.soft or logits.dtype == torch.float64:
+    if problem.soft:
         return "torch"
-    if logits.numel() < kernels.AUTO_MIN_ELEMENTS:
+    if not _kernel_pays_off(logits.numel(), problem.num_classes, problem.class_last, logits.dtype):
         return "torch"
     # The Triton kernel passes its tests under TRITON_INTERPRET=1 but has not yet been compiled
     # and measured on a GPU, so "auto" uses the chunked kernel on CUDA; impl="triton" opts in.
     if logits.device.type == "cpu" and kernels.compiled_available():
         return "compiled"
     return "chunked"
+
+
+# The native path: the dtypes it takes and the dtype it computes in (float32 accumulation).
+_NATIVE_COMPUTE_DTYPE = {
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+    torch.bfloat16: torch.float32,
+    torch.float16: torch.float32,
+}
+_NATIVE_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_REDUCTIONS = ("none", "mean", "sum")
+_REDUCTION_ENUM = {"none": 0, "mean": 1, "sum": 2}  # torch.nn._reduction.get_enum
+_INF = float("inf")
+
+
+def _native_applies(
+    input: object,
+    target: object,
+    eps: object,
+    style: object,
+    prior: object,
+    weight: object,
+    ignore_index: object,
+    reduction: object,
+    kl: object,
+    return_nll: object,
+    z_loss: object,
+    softcap: object,
+    inplace: object,
+    validate: object,
+) -> bool:
+    """Whether ``impl="auto"`` hands this call to :func:`_native_cross_entropy`: the common
+    case, decided from Python values and tensor metadata only (no tensor is read).
+
+    Everything else, including every call whose arguments are wrong, takes the general path
+    (:func:`labelsmooth._problem.prepare`), which checks them and raises the contract's errors.
+    """
+    if not (isinstance(input, Tensor) and isinstance(target, Tensor)):
+        return False
+    if input.dtype not in _NATIVE_COMPUTE_DTYPE or target.dtype not in _NATIVE_INDEX_DTYPES:
+        return False
+    ndim = input.dim()
+    if ndim == 0 or target.dim() != ndim - 1:
+        return False
+    shape = input.shape
+    if ndim > 1 and (target.shape[0] != shape[0] or target.shape[1:] != shape[2:]):
+        return False
+    if not (
+        type(style) is str
+        and style == "uniform"
+        and prior is None
+        and kl is False
+        and (return_nll is False or return_nll is True)
+        and (validate is True or validate is False)
+        and inplace is False
+        and softcap is None
+        and type(z_loss) in (float, int)
+        and z_loss == 0
+        and type(eps) in (float, int)
+        and 0 <= eps <= 1  # F.cross_entropy's label_smoothing range (and not NaN)
+        and type(ignore_index) is int
+        and type(reduction) is str
+        and reduction in _REDUCTIONS
+    ):
+        return False
+    num_classes = shape[1] if ndim > 1 else shape[0]
+    if num_classes == 0:
+        return False
+    if weight is not None and not (
+        isinstance(weight, Tensor)
+        and weight.is_floating_point()
+        and weight.shape == (num_classes,)
+        and weight.device == input.device
+    ):
+        return False
+    class_last = ndim <= 2 or math.prod(shape[2:]) == 1
+    return not _kernel_pays_off(
+        input.numel(), num_classes, class_last, input.dtype
+    ) or _checks.tracing(input, target, weight)
+
+
+def _positive_finite(weight: Tensor, dtype: torch.dtype) -> bool:
+    """Every class weight is a normal positive finite number in ``dtype`` (one host read)."""
+    low, high = torch.aminmax(_as_dtype(weight, dtype).detach())
+    return float(low) >= torch.finfo(dtype).tiny and float(high) < _INF
+
+
+def _native_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    eps: float,
+    weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    return_nll: bool,
+    validate: bool,
+) -> Tensor | tuple[Tensor, Tensor] | None:
+    """``impl="auto"`` in the common case (:func:`_native_applies`): PyTorch's own kernels.
+
+    Style ``"uniform"`` without prior *is* ``F.cross_entropy(..., label_smoothing=eps)`` (the
+    contract, and the parity grid of the tests), so that is what runs, on the caller's layout
+    (an (N, C, d1, ..., dk) input is not moved). The contract's differences are kept:
+
+    * float32 accumulation: bf16/fp16 logits are upcast to float32 (``"none"`` is cast back);
+    * ``"mean"`` is native ``"sum"`` divided by the denominator clamped away from 0, so that an
+      all-ignored batch gives 0 with a zero gradient (the sum and its gradient are 0 there),
+      not nan; no value is read on the host for that;
+    * class weights: the call returns ``None`` (general path) unless every weight is positive
+      and finite (one host read, as the general path's finiteness check): then the denominator
+      is 0 only for an all-ignored batch, no zero weight meets a ``-inf`` logit (0 * inf), and
+      an error names the weight as the general path's check does;
+    * class indices: on CPU ``F.cross_entropy`` checks them itself, and only when it raises is
+      :func:`labelsmooth._checks.check_class_indices` run, to raise our ``ValueError`` (so the
+      check is free when the indices are right); elsewhere (CUDA asserts on the device) it runs
+      first, unless ``validate=False`` or while tracing;
+    * ``return_nll``: one ``log_softmax`` for both (the formula of ``F.cross_entropy``).
+
+    Returns ``None`` when the call must take the general path after all.
+    """
+    dtype = _NATIVE_COMPUTE_DTYPE[input.dtype]
+    class_dim = 1 if input.dim() > 1 else 0
+    num_classes = input.shape[class_dim]
+    if weight is not None:
+        if _checks.tracing(input, target, weight):
+            return None  # the weight's values cannot be read: the closed form handles them
+        weight = _as_dtype(weight, dtype)
+        if not _positive_finite(weight, dtype):
+            return None  # zero, negative, subnormal or non-finite weights: the general path
+    on_cpu = input.device.type == "cpu"
+    if validate and not on_cpu and not _checks.tracing(input, target, weight):
+        _checks.check_class_indices(target, num_classes, ignore_index)
+    x = input if input.dtype == dtype else input.to(dtype)
+    y = target if target.dtype == torch.int64 else target.long()
+    summed = "none" if reduction == "none" else "sum"
+    try:
+        if return_nll:
+            log_probs = F.log_softmax(x, class_dim)
+            nll = F.nll_loss(log_probs, y, weight, ignore_index=ignore_index, reduction=summed)
+            loss = nll
+            if eps != 0:
+                if weight is not None:
+                    weight_view = weight.reshape((num_classes,) + (1,) * (x.dim() - class_dim - 1))
+                    log_probs = log_probs * weight_view
+                smooth = log_probs.sum(class_dim).masked_fill(y == ignore_index, 0.0)
+                if summed == "sum":
+                    smooth = smooth.sum()
+                loss = (1.0 - eps) * nll - (eps / num_classes) * smooth
+        else:
+            loss = F.cross_entropy(
+                x, y, weight, ignore_index=ignore_index, reduction=summed, label_smoothing=eps
+            )
+            nll = None
+    except (IndexError, RuntimeError):
+        if validate and on_cpu and not _checks.tracing(input, target, weight):
+            # Most likely an index out of range: our message, naming it.
+            try:
+                _checks.check_class_indices(target, num_classes, ignore_index)
+            except ValueError as ours:
+                raise ours from None
+        raise
+    if reduction == "none":
+        if input.dtype != dtype:
+            loss = loss.to(input.dtype)
+            nll = None if nll is None else nll.to(input.dtype)
+    elif reduction == "mean":
+        valid = y != ignore_index
+        if weight is None:
+            denominator = valid.sum().clamp_min(1)
+        else:
+            picked = weight[torch.where(valid, y, 0)]
+            denominator = torch.where(valid, picked, 0.0).sum().clamp_min(torch.finfo(dtype).tiny)
+        loss = loss / denominator
+        nll = None if nll is None else nll / denominator
+    if nll is None:
+        return loss
+    return loss, nll
+
+
+def auto_choice(input: Tensor, target: Tensor, eps: float = 0.1, **kwargs: object) -> str:
+    """What ``cross_entropy(input, target, eps, **kwargs)`` with ``impl="auto"`` runs:
+    ``"native"`` (``F.cross_entropy`` itself, see :func:`auto_impl`) or an ``impl`` name.
+
+    For benchmarks and tests; the arguments are checked as by :func:`cross_entropy`.
+    """
+    arguments = {
+        "style": "uniform",
+        "prior": None,
+        "weight": None,
+        "ignore_index": -100,
+        "reduction": "mean",
+        "kl": False,
+        "return_nll": False,
+        "z_loss": 0.0,
+        "softcap": None,
+        "inplace": False,
+        "validate": True,
+    }
+    unknown = set(kwargs) - set(arguments)
+    if unknown:
+        raise TypeError(f"auto_choice got unexpected keyword arguments {sorted(unknown)}")
+    arguments.update(kwargs)
+    a = arguments
+    if _native_applies(
+        input,
+        target,
+        eps,
+        a["style"],
+        a["prior"],
+        a["weight"],
+        a["ignore_index"],
+        a["reduction"],
+        a["kl"],
+        a["return_nll"],
+        a["z_loss"],
+        a["softcap"],
+        a["inplace"],
+        a["validate"],
+    ):
+        weight = a["weight"]
+        if weight is None or _positive_finite(weight, _NATIVE_COMPUTE_DTYPE[input.dtype]):
+            return "native"
+    problem = _prepare(
+        input,
+        target,
+        eps,
+        a["style"],  # type: ignore[arg-type]
+        a["prior"],  # type: ignore[arg-type]
+        a["weight"],  # type: ignore[arg-type]
+        a["ignore_index"],  # type: ignore[arg-type]
+        a["reduction"],  # type: ignore[arg-type]
+        a["kl"],  # type: ignore[arg-type]
+        a["validate"],  # type: ignore[arg-type]
+        z_loss=a["z_loss"],  # type: ignore[arg-type]
+        softcap=a["softcap"],  # type: ignore[arg-type]
+        inplace=a["inplace"],  # type: ignore[arg-type]
+    )
+    return auto_impl(problem)
 
 
 def _auto(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Tensor | None]:
@@ -122,6 +416,22 @@ def _reduce(values: Tensor, problem: CrossEntropyProblem, input_dtype: torch.dty
     # An all-ignored batch gives 0 with a zero gradient rather than PyTorch's 0/0 = nan.
     empty = denominator == 0
     return torch.where(empty, 0.0, total / torch.where(empty, 1.0, denominator))
+
+
+_HALVES: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _half(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-dim tensor 0.5 (cached per dtype and device: making one costs a microsecond or two)."""
+    half = _HALVES.get((dtype, device))
+    if half is None:
+        with torch.inference_mode(False):  # a normal tensor even if first made in inference mode
+            half = _HALVES[(dtype, device)] = torch.full((), 0.5, dtype=dtype, device=device)
+    return half
+
+
+def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def cross_entropy(
@@ -194,16 +504,26 @@ def cross_entropy(
       at first use, cached on disk), CPU only; probability targets take ``"chunked"``.
     * ``"triton"``: the same fused kernel in Triton, CUDA only (or ``TRITON_INTERPRET=1``),
       for float32/bfloat16/float16; probability targets and float64 take ``"chunked"``.
-    * ``"auto"``: ``"torch"`` for probability targets, float64, inputs with fewer than
-      ``labelsmooth.kernels.AUTO_MIN_ELEMENTS`` logits (the kernels' set-up would not pay
-      off) and while tracing (see below); otherwise ``"compiled"`` on CPU when the C++ kernel
-      builds, else ``"chunked"`` (CUDA included: the Triton kernel is tested under the
-      interpreter but not yet measured on a GPU, so it is opt-in with ``impl="triton"``).
+    * ``"auto"``: a fused kernel only where it was measured to beat PyTorch (see
+      :func:`labelsmooth.functional.auto_impl`): float32/bf16/fp16 logits whose class
+      dimension is last, with at least ``labelsmooth.kernels.AUTO_MIN_CLASSES`` classes and
+      ``labelsmooth.kernels.AUTO_MIN_ELEMENTS`` logits (bf16/fp16: also from
+      ``AUTO_MIN_CLASSES_HALF`` and ``AUTO_MIN_ELEMENTS_HALF``), not while tracing — ``"compiled"``
+      on CPU when the C++ kernel builds, else ``"chunked"`` (CUDA included: the Triton kernel
+      is tested under the interpreter but not yet measured on a GPU, so it is opt-in with
+      ``impl="triton"``). Otherwise, in the common case (class indices, ``"uniform"``
+      without ``prior``, ``kl``, ``z_loss``, ``softcap`` or ``inplace``, 0 <= eps <= 1,
+      class weights absent or all positive and finite) PyTorch's own
+      ``F.cross_entropy(..., label_smoothing=eps)``, which this loss equals, on the input's
+      own layout (no copy of an (N, C, d1, ..., dk) input), with bf16/fp16 logits upcast to
+      float32 and ``"mean"`` taken as a sum over the denominator so that an all-ignored batch
+      still gives 0; and ``"torch"`` for everything else.
 
     Tracing: ``torch.compile(cross_entropy, fullgraph=True)``, ``torch.func.grad``,
     ``vmap``, ``jacrev`` and the like work with the default arguments. While traced, no
-    tensor value reaches the host: ``impl="auto"`` takes ``"torch"`` (the fused kernels are
-    not traceable; do not name them explicitly there), and the checks that would read values
+    tensor value reaches the host: ``impl="auto"`` takes ``F.cross_entropy`` in the common
+    case and ``"torch"`` otherwise (the fused kernels are not traceable; do not name them
+    explicitly there), and the checks that would read values
     are skipped — class indices in range (as with ``validate=False``), ``weight`` finite,
     ``prior`` finite, >= 0 and summing to 1, and the :class:`DoubleSmoothingWarning`. Types,
     shapes, ``eps`` and the other Python arguments are checked as always; check the values
@@ -241,7 +561,9 @@ def cross_entropy(
         z_loss: coefficient λ >= 0 of the z-loss; 0 switches it off.
         softcap: ``None`` or s > 0, the soft-cap of the logits.
         inplace: allow the fused kernels to overwrite ``input`` with the gradient.
-        validate: check that class indices are in range (one host sync), and for probability
+        validate: check that class indices are in range (one host sync; on CPU in the
+            common case of ``"auto"`` it costs nothing, since ``F.cross_entropy`` checks them
+            anyway and ours runs only to name a bad index when it raised), and for probability
             targets whether they look smoothed already (:class:`DoubleSmoothingWarning`, one
             host sync). Turn off for speed once the data pipeline is trusted; skipped anyway
             while tracing (see above). Unchecked, an index outside [0, C) other than
@@ -265,6 +587,34 @@ def cross_entropy(
         >>> cross_entropy(logits, target, eps=0.1, style="others")
         tensor(0.5589)
     """
+    if impl == "auto" and _native_applies(
+        input,
+        target,
+        eps,
+        style,
+        prior,
+        weight,
+        ignore_index,
+        reduction,
+        kl,
+        return_nll,
+        z_loss,
+        softcap,
+        inplace,
+        validate,
+    ):
+        native = _native_cross_entropy(
+            input,
+            target,
+            float(eps),
+            weight,
+            ignore_index,
+            reduction,
+            return_nll,
+            validate,
+        )
+        if native is not None:
+            return native
     problem = _prepare(
         input,
         target,
@@ -329,29 +679,63 @@ def binary_cross_entropy_with_logits(
         >>> binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0]), 0.1)
         tensor(0.2128)
     """
-    input = _checks.check_logits(input)
+    if not (isinstance(input, Tensor) and input.is_floating_point()):
+        _checks.check_logits(input)  # raises, naming the argument
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
-    reduction = _checks.check_reduction(reduction)
+    if reduction not in _REDUCTIONS:
+        _checks.check_reduction(reduction)  # raises, naming the argument
     if target.shape != input.shape:
         raise ValueError(
             f"target must have the shape of input {tuple(input.shape)}, "
             f"got shape {tuple(target.shape)}"
         )
-    dtype = _checks.compute_dtype(input.dtype)
-    smoothed = smooth_binary(target, eps, style=style, dtype=dtype).to(dtype)
-    for name, value in (("weight", weight), ("pos_weight", pos_weight)):
-        if value is not None and not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
-        if value is not None and not value.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got dtype={value.dtype}")
-        if value is not None:
+    dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    # smooth_binary's checks (style, eps, target in [0, 1]) and its formula, without its
+    # conversions when nothing needs converting: on small inputs every microsecond shows.
+    if not (
+        type(eps) is float
+        and (
+            (style == "uniform" and 0.0 <= eps <= 1.0) or (style == "others" and 0.0 <= eps <= 0.5)
+        )
+    ):
+        style = _checks.check_style(style)
+        eps = _checks.check_eps(eps, 2, style, binary=True)
+    traced = _checks.tracing(input, target)
+    if target.dtype == torch.bool:
+        target = target.to(dtype)  # 0/1 by type: nothing to check
+    else:
+        if not target.is_floating_point():
+            if target.is_complex():
+                raise TypeError(f"target must be real, got dtype={target.dtype}")
+            target = target.to(dtype)  # 0/1 labels as integers
+        if not traced:
+            _checks.check_unit_interval("target", target, traced=False)
+        if target.dtype != dtype:
+            target = target.to(dtype)
+    if weight is not None or pos_weight is not None:
+        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+            if value is None:
+                continue
+            if not isinstance(value, Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor or None, got {type(value).__name__}"
+                )
+            if not value.is_floating_point():
+                raise TypeError(f"{name} must be floating point, got dtype={value.dtype}")
             _checks.check_broadcastable(name, value, input.shape)
-    loss = F.binary_cross_entropy_with_logits(
-        input.to(dtype),
-        smoothed,
-        weight=None if weight is None else weight.to(dtype),
-        pos_weight=None if pos_weight is None else pos_weight.to(dtype),
-        reduction=reduction,
+    if eps != 0:
+        # smooth_binary's t (1 - eps) + eps / 2 ("uniform") and t (1 - 2 eps) + eps ("others")
+        # are t + w (1/2 - t) with w = eps or 2 eps: one lerp instead of two scalar ops.
+        half = target.new_full((), 0.5) if traced else _half(dtype, target.device)
+        target = torch.lerp(target, half, eps if style == "uniform" else 2.0 * eps)
+    # F.binary_cross_entropy_with_logits without its Python wrapper (whose checks are done
+    # above): the op it calls, with the reduction as its enum.
+    loss = torch.binary_cross_entropy_with_logits(
+        _as_dtype(input, dtype),
+        target,
+        None if weight is None else _as_dtype(weight, dtype),
+        None if pos_weight is None else _as_dtype(pos_weight, dtype),
+        _REDUCTION_ENUM[reduction],
     )
-    return loss.to(input.dtype) if reduction == "none" else loss
+    return loss.to(input.dtype) if reduction == "none" and input.dtype != dtype else loss

@@ -33,7 +33,10 @@ if TYPE_CHECKING:
     from .._problem import CrossEntropyProblem
 
 __all__ = [
+    "AUTO_MIN_CLASSES",
+    "AUTO_MIN_CLASSES_HALF",
     "AUTO_MIN_ELEMENTS",
+    "AUTO_MIN_ELEMENTS_HALF",
     "chunked",
     "compiled",
     "compiled_available",
@@ -41,9 +44,15 @@ __all__ = [
     "triton_available",
 ]
 
-# impl="auto" uses a kernel only from this many logits on: below it the closed form's few
-# torch calls are cheaper than the kernels' set-up (and the first use would compile).
-AUTO_MIN_ELEMENTS = 1 << 16
+# impl="auto" uses a kernel only from this many logits on, only with at least this many
+# classes, and only with the class dimension last: elsewhere F.cross_entropy (or the closed
+# form) was measured to be faster (the crossover is in labelsmooth.functional.auto_impl).
+AUTO_MIN_ELEMENTS = 1 << 19
+AUTO_MIN_CLASSES = 256
+# bf16/fp16 logits: F.cross_entropy runs on a float32 copy there (float32 accumulation), whose
+# memory traffic makes the kernel win with fewer classes once the input is this large.
+AUTO_MIN_ELEMENTS_HALF = 1 << 20
+AUTO_MIN_CLASSES_HALF = 32
 
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _triton_state: dict[str, object] = {}
