@@ -27,13 +27,20 @@ tests check them without a GPU). The variable must be set before triton is first
 (Triton jits its own standard library at import), so the tests use a fresh process. The
 interpreter cannot ``tl.dot`` bfloat16 (triton issue 11584): there the tiles are upcast to
 float32 after ``g`` is rounded to bfloat16, as on the GPU. The float32 products follow
-``torch.backends.cuda.matmul.allow_tf32``. Block sizes are an untuned starting point (no
-autotuning yet), and this path has so far only been checked in the interpreter.
+``torch.backends.cuda.matmul.allow_tf32``.
+
+Launch configuration: :func:`launch_config` (tiles, warps and stages per dtype, from ``TILES``)
+and :func:`forward_flags` / :func:`backward_flags`, the functions the launchers call;
+:mod:`labelsmooth.kernels.gpu_check` compiles every configuration they can return for sm_80
+and sm_90 ahead of time and checks that none spills registers or overflows shared memory. The
+tiles are not autotuned and this path has not yet been timed on a GPU.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from itertools import product
 from typing import Any
 
 import torch
@@ -48,7 +55,15 @@ except ImportError:  # pragma: no cover - exercised where triton is missing
     triton = None
     tl = None
 
-__all__ = ["apply", "check_usable", "interpreting"]
+__all__ = [
+    "apply",
+    "backward_flags",
+    "check_usable",
+    "forward_flags",
+    "interpreting",
+    "launch_config",
+    "launch_space",
+]
 
 
 def interpreting() -> bool:
@@ -277,25 +292,124 @@ def _kernels() -> tuple[Any, Any]:
     return _built[key]
 
 
-def _config(dtype: torch.dtype) -> dict[str, Any]:
+# Tiles (BLOCK_N rows x BLOCK_V classes of logits, BLOCK_D features per step of the products),
+# warps and software-pipelining stages, per kernel and input dtype (float32 twice: IEEE
+# products, which Triton runs on the FMA units, or TF32 on the tensor cores). Chosen so that no
+# configuration the launchers can pick spills registers or exceeds shared memory on sm_80 or
+# sm_90, with aligned inputs or not (``python -m labelsmooth.kernels.gpu_check
+# --specializations aligned,unaligned`` compiles every one). Larger tiles spill somewhere: the
+# first, untuned 64 x 128 x 64 with 8 warps in every dtype; 128 x 128 x 32 with 16 warps (512
+# threads, capped at 128 registers) in the bf16 backward on sm_90; 64 x 64 x 32 in IEEE
+# float32. Ptxas (run by Triton with --regAllocOptLevel=2) also spills a few bytes at 80-128
+# registers in some configurations, so only a full compile says which tiles are clean. Not yet
+# timed on a GPU.
+def _tile(n: int, v: int, d: int, warps: int, stages: int) -> dict[str, int]:
+    return {"BLOCK_N": n, "BLOCK_V": v, "BLOCK_D": d, "num_warps": warps, "num_stages": stages}
+
+
+TILES: dict[tuple[str, str], dict[str, int]] = {
+    ("forward", "bf16"): _tile(128, 64, 32, 8, 3),
+    ("backward", "bf16"): _tile(128, 64, 32, 8, 3),
+    ("forward", "fp16"): _tile(128, 64, 32, 8, 3),
+    ("backward", "fp16"): _tile(128, 64, 32, 8, 3),
+    ("forward", "tf32"): _tile(128, 64, 16, 8, 3),
+    ("backward", "tf32"): _tile(64, 64, 32, 8, 3),
+    ("forward", "fp32"): _tile(64, 64, 16, 8, 3),
+    ("backward", "fp32"): _tile(32, 32, 16, 4, 3),
+    ("forward", "fp64"): _tile(32, 32, 16, 8, 3),
+    ("backward", "fp64"): _tile(32, 32, 16, 8, 3),
+}
+_TILE_KEYS = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+_INTERPRETER_TILES = {"BLOCK_N": 16, "BLOCK_V": 16, "BLOCK_D": 16}
+
+
+def launch_config(
+    kernel: str, dtype: torch.dtype, *, tf32: bool, interpret: bool | None = None
+) -> dict[str, Any]:
+    """The constexprs, ``num_warps`` and ``num_stages`` of one launch of ``kernel``.
+
+    ``kernel`` is ``"forward"`` or ``"backward"``, ``dtype`` the input's, ``tf32`` whether
+    float32 products may use TF32 (``torch.backends.cuda.matmul.allow_tf32``), ``interpret``
+    whether Triton's interpreter runs the kernels (default: ``TRITON_INTERPRET``). The one
+    place the launch is chosen: the autograd function below and
+    :mod:`labelsmooth.kernels.gpu_check` call it.
+    """
+    if kernel not in ("forward", "backward"):
+        raise ValueError(f"kernel must be 'forward' or 'backward', got {kernel!r}")
+    if interpret is None:
+        interpret = interpreting()
     if dtype == torch.float64:
         acc, precision = tl.float64, "ieee"
     else:
         acc = tl.float32
-        tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-        precision = "tf32" if tf32 and not interpreting() else "ieee"
-    if interpreting():  # small blocks: the tests' tiny shapes still span several blocks
-        blocks = {"BLOCK_N": 16, "BLOCK_V": 16, "BLOCK_D": 16}
-    else:  # untuned starting point (no autotuning yet): 64 x 128 logits tile, 64-wide K
-        blocks = {"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_D": 64}
+        precision = "tf32" if dtype == torch.float32 and tf32 and not interpret else "ieee"
     # Triton's interpreter multiplies the bit patterns of bfloat16 in tl.dot (triton issue
     # 11584): there the tiles are upcast (after rounding g to bfloat16, as on the GPU).
-    upcast = interpreting() and dtype == torch.bfloat16
-    return {"ACC": acc, "PRECISION": precision, "UPCAST": upcast, **blocks}
+    upcast = interpret and dtype == torch.bfloat16
+    config: dict[str, Any] = {"ACC": acc, "PRECISION": precision, "UPCAST": upcast}
+    if interpret:  # small blocks: the tests' tiny shapes still span several blocks
+        return {**config, **_INTERPRETER_TILES}
+    tile = "tf32" if precision == "tf32" else _TILE_KEYS.get(dtype, "fp32")
+    return {**config, **TILES[kernel, tile]}
 
 
-def _launch_options() -> dict[str, int]:
-    return {} if interpreting() else {"num_warps": 8}
+def forward_flags(*, bias: bool, beta_vector: bool, softcap: bool) -> dict[str, bool]:
+    """The boolean constexprs of the forward kernel."""
+    return {"HAS_BIAS": bias, "BETA_IS_VECTOR": beta_vector, "HAS_SOFTCAP": softcap}
+
+
+def backward_flags(
+    *,
+    bias: bool,
+    beta_vector: bool,
+    softcap: bool,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+) -> dict[str, bool]:
+    """The boolean constexprs of the backward kernel (``need_bias`` only counts with a bias)."""
+    return {
+        **forward_flags(bias=bias, beta_vector=beta_vector, softcap=softcap),
+        "NEED_GH": need_hidden,
+        "NEED_GW": need_weight,
+        "NEED_GB": need_bias and bias,
+    }
+
+
+def launch_space(dtype: torch.dtype) -> Iterator[tuple[str, bool, dict[str, bool]]]:
+    """Every ``(kernel, tf32, flags)`` the launchers can pass for inputs of ``dtype`` on a GPU.
+
+    ``tf32`` only matters for float32; backward runs only when at least one gradient is needed.
+    What :mod:`labelsmooth.kernels.gpu_check` compiles (with :func:`launch_config`).
+    """
+    for tf32 in (False, True) if dtype == torch.float32 else (False,):
+        for bias, beta_vector, softcap in product((False, True), repeat=3):
+            yield (
+                "forward",
+                tf32,
+                forward_flags(bias=bias, beta_vector=beta_vector, softcap=softcap),
+            )
+        seen = set()
+        for bias, beta_vector, softcap, gh, gw, gb in product((False, True), repeat=6):
+            flags = backward_flags(
+                bias=bias,
+                beta_vector=beta_vector,
+                softcap=softcap,
+                need_hidden=gh,
+                need_weight=gw,
+                need_bias=gb,
+            )
+            key = tuple(flags.values())
+            if (gh or gw or flags["NEED_GB"]) and key not in seen:
+                seen.add(key)
+                yield "backward", tf32, flags
+
+
+def _launch(kernel: str, dtype: torch.dtype) -> tuple[dict[str, Any], dict[str, int]]:
+    """(constexprs, launch options) of :func:`launch_config` for this process's settings."""
+    config = launch_config(kernel, dtype, tf32=torch.backends.cuda.matmul.allow_tf32)
+    options = {k: config.pop(k) for k in ("num_warps", "num_stages") if k in config}
+    return config, options
 
 
 class _TritonLinearCrossEntropy(torch.autograd.Function):
@@ -316,7 +430,7 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         lse = torch.empty(n, dtype=cd, device=hidden.device)
         z_y = torch.empty_like(lse)
         smooth = torch.empty_like(lse)
-        config = _config(hidden.dtype)
+        config, options = _launch("forward", hidden.dtype)
         grid = (triton.cdiv(n, config["BLOCK_N"]),)
         if n > 0:
             forward_kernel[grid](
@@ -336,11 +450,13 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
                 weight.stride(0),
                 weight.stride(1),
                 float(spec.softcap) if spec.softcap is not None else 1.0,
-                HAS_BIAS=bias is not None,
-                BETA_IS_VECTOR=not spec.offset_is_scalar,
-                HAS_SOFTCAP=spec.softcap is not None,
+                **forward_flags(
+                    bias=bias is not None,
+                    beta_vector=not spec.offset_is_scalar,
+                    softcap=spec.softcap is not None,
+                ),
                 **config,
-                **_launch_options(),
+                **options,
             )
         if spec.offset_is_scalar:
             smooth = smooth * spec.offset
@@ -387,7 +503,7 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros((num_classes, features), dtype=cd, device=hidden.device)
         grad_bias = torch.zeros(num_classes, dtype=cd, device=hidden.device)
         _, backward_kernel = _kernels()
-        config = _config(hidden.dtype)
+        config, options = _launch("backward", hidden.dtype)
         grid = (triton.cdiv(n, config["BLOCK_N"]), triton.cdiv(num_classes, config["BLOCK_V"]))
         if n > 0 and (need_h or need_w or (need_b and bias is not None)):
             backward_kernel[grid](
@@ -412,14 +528,16 @@ class _TritonLinearCrossEntropy(torch.autograd.Function):
                 weight.stride(1),
                 float(spec.offset) if spec.offset_is_scalar else 0.0,
                 float(spec.softcap) if spec.softcap is not None else 1.0,
-                HAS_BIAS=bias is not None,
-                BETA_IS_VECTOR=not spec.offset_is_scalar,
-                HAS_SOFTCAP=spec.softcap is not None,
-                NEED_GH=bool(need_h),
-                NEED_GW=bool(need_w),
-                NEED_GB=bool(need_b and bias is not None),
+                **backward_flags(
+                    bias=bias is not None,
+                    beta_vector=not spec.offset_is_scalar,
+                    softcap=spec.softcap is not None,
+                    need_hidden=bool(need_h),
+                    need_weight=bool(need_w),
+                    need_bias=bool(need_b),
+                ),
                 **config,
-                **_launch_options(),
+                **options,
             )
         return (
             grad_hidden.to(hidden.dtype) if need_h else None,
@@ -438,4 +556,10 @@ def apply(
     spec: Any,
 ) -> tuple[Tensor, Tensor]:
     """Per-row or reduced (loss, nll), as the chunked path returns them."""
+    # Unit feature strides, which Triton folds into constants: the specialisation that
+    # gpu_check verifies. Only an input whose last dimension is strided is copied.
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
     return _TritonLinearCrossEntropy.apply(hidden, weight, bias, target.contiguous(), valid, spec)

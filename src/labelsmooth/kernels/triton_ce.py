@@ -8,9 +8,12 @@ combined at the end. Pass 2 streams the row again and writes the gradient
 read twice and the gradient written once. All math is float32 whatever the input
 (float32/bfloat16/float16); float64 and probability targets take the chunked path.
 
-Launch configuration: ``BLOCK = min(MAX_BLOCK, next_power_of_2(K))`` with ``MAX_BLOCK = 4096``
-and 4 warps up to 1024 columns, 8 above; not autotuned (the kernels were verified under the
-interpreter, against ``impl="reference"``, not timed on a GPU).
+Launch configuration (:func:`launch_config`, :func:`kernel_flags`): ``BLOCK =
+min(MAX_BLOCK, next_power_of_2(K))`` with ``MAX_BLOCK = 2048``; 4 warps up to 1024 columns, 8 for
+2048; not autotuned (the kernels were verified under the interpreter, against
+``impl="reference"``, not timed on a GPU). :mod:`labelsmooth.kernels.gpu_check` compiles every
+configuration these functions can return for sm_80 and sm_90 and checks registers, spills and
+shared memory.
 
 This module imports :mod:`triton` at import time: import it only when Triton is wanted.
 ``TRITON_INTERPRET=1`` must be set before this module is first imported (``triton.jit``
@@ -22,6 +25,8 @@ reads it when the kernels are defined); the interpreter then runs the kernels on
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from itertools import product
 
 import torch
 import triton
@@ -30,10 +35,17 @@ from torch import Tensor
 
 from .fused import RowPlan, grad_rows
 
-__all__ = ["MAX_BLOCK", "TritonBackend", "interpreting"]
+__all__ = [
+    "MAX_BLOCK",
+    "TritonBackend",
+    "interpreting",
+    "kernel_flags",
+    "launch_config",
+    "launch_space",
+]
 
 # Columns per block of a row (a power of two); tests lower it to exercise several blocks.
-MAX_BLOCK = 4096
+MAX_BLOCK = 2048
 
 
 def interpreting() -> bool:
@@ -195,12 +207,83 @@ def _scale_rows_kernel(grad_ptr, factor_ptr, n_cols, BLOCK: tl.constexpr):
     )
 
 
-def _block(n_cols: int) -> int:
-    return max(16, min(MAX_BLOCK, triton.next_power_of_2(n_cols)))
+def launch_config(n_cols: int) -> dict[str, int]:
+    """``BLOCK`` and ``num_warps`` of both kernels for rows of ``n_cols`` classes.
+
+    The one place the launch is chosen: the launchers below and
+    :mod:`labelsmooth.kernels.gpu_check` (which compiles every configuration ahead of time)
+    call it. ``BLOCK = next_power_of_2(n_cols)`` clamped to ``[16, MAX_BLOCK]``; 4 warps up to
+    1024 columns, 8 for 2048 (16 above, only if ``MAX_BLOCK`` is raised): at most 8 elements per
+    thread. ``MAX_BLOCK`` was 4096; there the bf16/fp16 kernel with class weights spills 8 bytes
+    on sm_90, with 8 warps and aligned rows as with 16 warps and unaligned ones.
+    """
+    block = max(16, min(MAX_BLOCK, triton.next_power_of_2(max(1, n_cols))))
+    return {"BLOCK": block, "num_warps": 4 if block <= 1024 else (8 if block <= 2048 else 16)}
 
 
-def _warps(block: int) -> int:
-    return 4 if block <= 1024 else (8 if block <= 4096 else 16)
+def kernel_flags(
+    *,
+    grad: bool,
+    w_rows: bool,
+    z_rows: bool,
+    kl: bool,
+    class_mass: bool,
+    uniform_mass: bool,
+    softcap: bool,
+    z_loss: bool,
+) -> dict[str, bool]:
+    """The boolean constexprs of :func:`_ce_rows_kernel` for one launch.
+
+    ``grad``: a gradient buffer is written; ``w_rows``, ``z_rows``: the per-row ``W`` and ``Z``
+    coefficients of :func:`~labelsmooth.kernels.fused.grad_rows` are given; ``kl``:
+    ``plan.klc`` exists; ``class_mass``: a per-class smoothing mass ``plan.wb``;
+    ``uniform_mass``: the same mass ``b != 0`` for every class (ignored with ``class_mass``);
+    ``softcap``, ``z_loss``: those options are on.
+    """
+    return {
+        "HAS_GRAD": grad,
+        "HAS_KL": kl,
+        "HAS_WB": class_mass,
+        "HAS_B": uniform_mass and not class_mass,
+        "HAS_GW": w_rows,
+        "HAS_GZ": z_rows,
+        "HAS_CAP": softcap,
+        "HAS_ZLOSS": z_loss,
+    }
+
+
+def launch_space() -> Iterator[tuple[int, dict[str, bool]]]:
+    """Every ``(n_cols, flags)`` class the launcher can meet: one ``n_cols`` per power of two up
+    to twice ``MAX_BLOCK`` (beyond that :func:`launch_config` no longer changes) times every
+    reachable :func:`kernel_flags`, duplicates removed. What ``gpu_check`` compiles.
+
+    Reachable: :func:`~labelsmooth.kernels.fused.grad_rows` returns ``W`` and ``Z`` together
+    (backward's recomputation, or forward's prescaled gradient) and only when a gradient buffer
+    is written; everything else is independent.
+    """
+    seen: set[tuple] = set()
+    top = 2 * MAX_BLOCK
+    sizes = [1 << i for i in range(top.bit_length())]
+    for n_cols in sizes:
+        for grad, recompute, kl, class_mass, uniform_mass, softcap, z_loss in product(
+            (False, True), repeat=7
+        ):
+            if recompute and not grad:
+                continue
+            flags = kernel_flags(
+                grad=grad,
+                w_rows=recompute,
+                z_rows=recompute,
+                kl=kl,
+                class_mass=class_mass,
+                uniform_mass=uniform_mass,
+                softcap=softcap,
+                z_loss=z_loss,
+            )
+            key = (launch_config(n_cols)["BLOCK"], tuple(flags.values()))
+            if key not in seen:
+                seen.add(key)
+                yield n_cols, flags
 
 
 class TritonBackend:
@@ -218,7 +301,7 @@ class TritonBackend:
         if m == 0:
             return loss, nll
         gp, gy, gw, gz = grad_rows(plan, g, h)
-        block = _block(k)
+        config = launch_config(k)
         dummy = loss  # stands in for absent pointers; never read (the flags say so)
         _ce_rows_kernel[(m,)](
             x,
@@ -239,16 +322,17 @@ class TritonBackend:
             float(plan.b),
             float(plan.z_loss),
             float(plan.softcap or 1.0),
-            BLOCK=block,
-            HAS_GRAD=grad is not None,
-            HAS_KL=plan.klc is not None,
-            HAS_WB=plan.wb is not None,
-            HAS_B=plan.wb is None and plan.b != 0,
-            HAS_GW=gw is not None,
-            HAS_GZ=gz is not None,
-            HAS_CAP=plan.softcap is not None,
-            HAS_ZLOSS=plan.z_loss != 0,
-            num_warps=_warps(block),
+            **config,
+            **kernel_flags(
+                grad=grad is not None,
+                w_rows=gw is not None,
+                z_rows=gz is not None,
+                kl=plan.klc is not None,
+                class_mass=plan.wb is not None,
+                uniform_mass=plan.b != 0,
+                softcap=plan.softcap is not None,
+                z_loss=plan.z_loss != 0,
+            ),
         )
         return loss, nll
 
@@ -256,11 +340,9 @@ class TritonBackend:
         m, k = grad.shape
         if m == 0:
             return
-        block = _block(k)
+        config = launch_config(k)
         factor = factor.to(torch.float32).contiguous()
-        _scale_rows_kernel[(m, triton.cdiv(k, block))](
-            grad, factor, k, BLOCK=block, num_warps=_warps(block)
-        )
+        _scale_rows_kernel[(m, triton.cdiv(k, config["BLOCK"]))](grad, factor, k, **config)
 
 
 TRITON = TritonBackend()
