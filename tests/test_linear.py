@@ -6,6 +6,7 @@ bias, for random upstream gradients of both outputs. The Triton kernels run unde
 ``TRITON_INTERPRET=1`` on CPU and are skipped when triton is not importable.
 """
 
+import contextlib
 import doctest
 import importlib.util
 import inspect
@@ -88,13 +89,53 @@ def _style_kwargs(style, v):
     return {"style": style}
 
 
+@contextlib.contextmanager
+def _path(path):
+    """ "chunks": 13 rows in chunks of 4, 4, 4, 1; "dense": the default sizing, which gives a
+    problem this small one chunk (the logits materialised, below DENSE_BYTES)."""
+    if path == "dense":
+        assert chunk_rows(13, 11, torch.float64) == 13
+        yield
+    else:
+        with chunking(rows=4):
+            yield
+
+
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("path", ["chunks", "dense"])
 @pytest.mark.parametrize(("style", "reduction", "z_loss", "softcap", "bias"), GRID)
-def test_chunked_matches_reference(style, reduction, z_loss, softcap, bias):
+def test_chunked_matches_reference(style, reduction, z_loss, softcap, bias, path, fold,
+                                   monkeypatch):  # fmt: skip
+    # fold=False: the per-row coefficients applied to the (rows, V) chunk, as on GPUs.
+    monkeypatch.setattr(linear, "_FOLD_ROWS", fold)
     hidden, weight, b, target = _problem(bias=bias)
-    with chunking(rows=4):  # 13 rows: chunks of 4, 4, 4, 1
+    with _path(path):
         _assert_matches(
             "chunked", hidden, weight, b, target, reduction=reduction, z_loss=z_loss,
             softcap=softcap, **_style_kwargs(style, weight.shape[0]),
+        )  # fmt: skip
+
+
+FLOAT32_GRID = list(
+    itertools.product(
+        ["chunks", "dense"],
+        ["uniform", "others", "prior"],
+        ["mean", "sum", "none"],
+        [(0.0, None), (0.01, 3.0)],  # (z_loss, softcap)
+    )
+)
+
+
+@pytest.mark.parametrize(("path", "style", "reduction", "extras"), FLOAT32_GRID)
+def test_float32_matches_reference(path, style, reduction, extras):
+    # A custom ignore_index (a valid class number) and no bias.
+    hidden, weight, _, target = _problem(n=13, h=6, v=11, dtype=torch.float32, bias=False)
+    target = target.masked_fill(target == -100, 7)
+    z_loss, softcap = extras
+    with _path(path):
+        _assert_matches(
+            "chunked", hidden, weight, None, target, atol=2e-6, rtol=2e-5, reduction=reduction,
+            z_loss=z_loss, softcap=softcap, ignore_index=7, **_style_kwargs(style, 11),
         )  # fmt: skip
 
 
@@ -172,23 +213,32 @@ def test_empty_batch():
     assert weight.grad is not None and torch.equal(weight.grad, torch.zeros_like(weight))
 
 
+@pytest.mark.parametrize("path", ["chunks", "dense"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("softcap", [None, 5.0])
-def test_low_precision_against_float32_reference(dtype, softcap):
+@pytest.mark.parametrize(("softcap", "style", "reduction"), [
+    (None, "uniform", "mean"), (5.0, "others", "sum"), (None, "prior", "none"),
+])  # fmt: skip
+def test_low_precision_against_float32_reference(dtype, softcap, style, reduction, path):
     hidden, weight, b, target = _problem(n=24, h=16, v=40, dtype=torch.float32)
     low = [t.detach().to(dtype).requires_grad_() for t in (hidden, weight, b)]
     # The reference sees the same rounded inputs, in float32.
     ref_in = [t.detach().float().requires_grad_() for t in low]
-    kwargs = {"softcap": softcap, "z_loss": 1e-3, "eps": 0.1}
-    with chunking(rows=5):
+    kwargs = {"softcap": softcap, "z_loss": 1e-3, "eps": 0.1, "reduction": reduction,
+              **_style_kwargs(style, 40)}  # fmt: skip
+    with chunking(rows=5) if path == "chunks" else contextlib.nullcontext():
         ours = _run("chunked", *low, target, **dict(kwargs))
     ref = _run("reference", *ref_in, target, grads=ours[3], **dict(kwargs))
-    assert ours[0].dtype == torch.float32  # mean: float32 scalar
-    torch.testing.assert_close(ours[0], ref[0], atol=2e-3, rtol=2e-3)
-    torch.testing.assert_close(ours[1], ref[1], atol=2e-3, rtol=2e-3)
+    assert ours[0].dtype == (dtype if reduction == "none" else torch.float32)
+    # reduction="none" returns the rows in the input dtype: rounded to 2^-9 (bf16) relative.
+    tol = {"atol": 2e-3, "rtol": 8e-3 if reduction == "none" else 2e-3}
+    torch.testing.assert_close(ours[0].float(), ref[0], **tol)
+    torch.testing.assert_close(ours[1].float(), ref[1], **tol)
     for a, e in zip(ours[2], ref[2], strict=True):
         assert a.dtype == dtype
-        torch.testing.assert_close(a.float(), e, atol=2e-2, rtol=2e-2)
+        # The gradient products run in bf16/fp16: within 1% of the largest entry (reduction
+        # "none" has per-row upstream gradients of order 1, so entries of order 1 too).
+        scale = e.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(a.float() / scale, e / scale, atol=1e-2, rtol=2e-2)
     none = linear_cross_entropy(*low[:2], target, bias=low[2], reduction="none")
     assert none.dtype == dtype
 
@@ -203,6 +253,87 @@ def test_large_logits_are_finite():
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-2)
     grads = torch.autograd.grad(loss, (hidden, weight, b))
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+class _MatmulOperands(TorchDispatchMode):
+    """Records, for every matrix product, whether an operand holds a subnormal number."""
+
+    PRODUCTS = (torch.ops.aten.mm.default, torch.ops.aten.mm.out, torch.ops.aten.addmm.default,
+                torch.ops.aten.addmm.out, torch.ops.aten.addmm_.default)  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.products = self.subnormal = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.PRODUCTS:
+            self.products += 1
+            unread = (kwargs or {}).get("beta", 1) == 0  # addmm(c, a, b, beta=0) ignores c
+            for t in args[1:] if unread else args:
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    tiny = torch.finfo(t.dtype).tiny
+                    self.subnormal += int(((t != 0) & (t.abs() < tiny)).any())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("path", ["chunks", "dense"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("softcap", [None, 500.0])
+def test_unscaled_large_logits_match_reference_without_subnormals(path, dtype, reduction,
+                                                                   softcap):  # fmt: skip
+    # randn hidden and 3 * randn weight with H=400: logits of standard deviation 60, a row
+    # spans ~400, so most probabilities are below 2^-126 (float32) or flushed by
+    # PROBABILITY_FLOOR (float64: 2^-110). The results still equal the reference, and no
+    # subnormal number reaches a matrix product.
+    g = torch.Generator().manual_seed(3)
+    n, h, v = 40, 400, 300
+    hidden = torch.randn(n, h, generator=g, dtype=dtype).requires_grad_()
+    weight = (3 * torch.randn(v, h, generator=g, dtype=dtype)).requires_grad_()
+    b = torch.randn(v, generator=g, dtype=dtype).requires_grad_()
+    target = torch.randint(0, v, (n,), generator=g)
+    target[::5] = -100
+    with torch.no_grad():
+        logits = F.linear(hidden, weight, b)
+        p = torch.softmax(logits.double(), 1)
+        assert (p < 2.0**-126).float().mean() > 0.5  # mostly tiny probabilities
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+    kwargs = {"eps": 0.1, "reduction": reduction, "z_loss": 1e-4, "softcap": softcap}
+    watch = _MatmulOperands()
+    with _path(path), watch:
+        ours = _run("chunked", hidden, weight, b, target, **dict(kwargs))
+    assert watch.products >= 3 and watch.subnormal == 0
+    ref = _run("reference", hidden, weight, b, target, grads=ours[3], **dict(kwargs))
+    for a, e in zip((ours[0], ours[1], *ours[2]), (ref[0], ref[1], *ref[2]), strict=True):
+        scale = e.abs().max()
+        torch.testing.assert_close(a / scale, e / scale, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("spread", [1.0, 300.0])
+def test_softmax_in_place_and_op_by_op_agree_with_logsumexp(dtype, spread):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(7, 1000, generator=g, dtype=dtype) * spread
+    x[0, 3] = -float("inf")  # a class that can never be predicted
+    want_p, want_lse = torch.softmax(x.double(), 1), torch.logsumexp(x.double(), 1)
+    tol = {"atol": 0, "rtol": 1e-6 if dtype == torch.float32 else 1e-13}
+    for fused in (True, False):
+        p = x.clone()
+        lse = linear._softmax_(p, fused=fused)
+        # lse of a row spanning hundreds: its float32 rounding is relative to lse, not to 1.
+        torch.testing.assert_close(lse.double(), want_lse, **tol)
+        big = want_p > 1e-30
+        torch.testing.assert_close(p.double()[big], want_p[big], atol=0, rtol=2e-5)
+        assert p[0, 3] == 0
+
+
+def test_probability_floor_flushes_only_negligible_mass():
+    p = torch.tensor([[0.5, 0.5 - 2.0**-60, 2.0**-60 - 2.0**-79, 2.0**-79, 2.0**-80, 2.0**-81,
+                       1e-40, 0.0]])  # fmt: skip
+    out = linear._flush_(p.clone())
+    assert out.tolist()[0][:4] == p.tolist()[0][:4]  # above the floor: untouched
+    assert out.tolist()[0][4:] == [0.0] * 4  # at or below it: exactly 0 (no subnormal left)
+    assert linear.PROBABILITY_FLOOR[torch.float32] * 2.0**34 <= 2.0**-24 * 2.0**-22
 
 
 def test_no_grad_forward_and_inputs_without_grad():
@@ -252,12 +383,15 @@ def test_only_nll_backward():
         ("none", None, 0.05, "others"),
     ],
 )
-def test_gradcheck(reduction, softcap, z_loss, style):
+@pytest.mark.parametrize("rows", [3, None])  # chunks of 3, 3, 1; one chunk (dense)
+@pytest.mark.parametrize("fold", [True, False])
+def test_gradcheck(reduction, softcap, z_loss, style, rows, fold, monkeypatch):
+    monkeypatch.setattr(linear, "_FOLD_ROWS", fold)
     hidden, weight, b, target = _problem(n=7, h=3, v=5)
     kwargs = _style_kwargs(style, 5)
 
     def fn(h, w, bb):
-        with chunking(rows=3):
+        with chunking(rows=rows):
             return linear_cross_entropy(
                 h, w, target, 0.2, bias=bb, reduction=reduction, return_nll=True,
                 softcap=softcap, z_loss=z_loss, **kwargs,
@@ -351,7 +485,10 @@ class _MemoryWatch(TorchDispatchMode):
 @pytest.mark.parametrize("softcap", [None, 4.0])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_logits_never_materialised(softcap, reduction, dtype):
+def test_logits_never_materialised(softcap, reduction, dtype, monkeypatch):
+    # Above the dense budget (set to 0 here) and with the 10% rule alone (no minimum rows).
+    monkeypatch.setattr(linear, "DENSE_BYTES", 0)
+    monkeypatch.setattr(linear, "MIN_CHUNK_ROWS", 1)
     n, h, v = 100, 4, 4000
     hidden, weight, b, target = _problem(n=n, h=h, v=v, dtype=dtype)
     size = torch.empty((), dtype=dtype).element_size()
@@ -381,20 +518,85 @@ def test_logits_never_materialised(softcap, reduction, dtype):
 
 
 def test_chunk_rows_budget():
-    # float32: the work buffers get 80% of 10% of the logits; the chunks even out
-    # (8192 rows = 13 chunks of <= 631 rows).
-    assert chunk_rows(8192, 32000, torch.float32) == 631
+    mib = 2**20
+    # Below DENSE_BYTES (256 MiB of work buffers): one chunk, the logits materialised.
+    assert linear.DENSE_BYTES / mib == 256
+    assert chunk_rows(2048, 32000, torch.float32) == 2048  # 250 MiB
+    assert chunk_rows(2097, 32000, torch.float32) == 2097  # 255.98 MiB
+    assert chunk_rows(512, 32000, torch.bfloat16, softcap=True) == 512
+    # Above it: the work buffers get 80% of 10% of the logits, in multiples of 64 rows,
+    # evened out (8192 rows = 12 chunks of 640 + 512).
+    assert chunk_rows(8192, 32000, torch.float32) == 640
     for dtype, softcap in itertools.product((torch.float32, torch.bfloat16), (False, True)):
-        rows = chunk_rows(8192, 32000, dtype, softcap=softcap)
+        n = 65536
+        rows = chunk_rows(n, 32000, dtype, softcap=softcap)
         size = torch.empty((), dtype=dtype).element_size()
         per_element = 4 + (size if size != 4 else 0) + (4 if softcap else 0)
-        assert rows * 32000 * per_element <= 0.08 * 8192 * 32000 * size
-    assert chunk_rows(3, 10, torch.float32) == 1
+        assert rows % 64 == 0 and rows >= 512
+        assert rows * 32000 * per_element <= 0.08 * n * 32000 * size
+    # ... but never fewer than MIN_CHUNK_ROWS rows (the products' speed), then aligned.
+    assert linear.MIN_CHUNK_ROWS == 512
+    assert chunk_rows(4096, 128256, torch.float32) == 512  # 10%: 327 rows
+    assert chunk_rows(2100, 32000, torch.float32) == 512  # 4 x 512 + 52 (not 5 x 448)
     with chunking(fraction=0.5):
-        assert chunk_rows(100, 10, torch.float32) == 34  # 40 rows, evened: 3 chunks of 34
+        assert chunk_rows(4096, 128256, torch.float32) == 1408  # 1638 -> 3 chunks, x 64
     with chunking(rows=7):
         assert chunk_rows(100, 10, torch.float32) == 7
+    assert chunk_rows(0, 10, torch.float32) == 1
+
+
+def test_chunk_rows_small_budget_rules(monkeypatch):
+    # Without the dense budget and the minimum: the 10% rule alone, evened out.
+    monkeypatch.setattr(linear, "DENSE_BYTES", 0)
+    monkeypatch.setattr(linear, "MIN_CHUNK_ROWS", 1)
+    assert chunk_rows(3, 10, torch.float32) == 1
     assert chunk_rows(100, 10, torch.float32) == 8
+    with chunking(fraction=0.5):
+        assert chunk_rows(100, 10, torch.float32) == 34  # 40 rows, evened: 3 chunks of 34
+    assert chunk_rows(8192, 32000, torch.float32) == 640  # 655 -> 640 (x 64)
+
+
+class _LogitsProducts(TorchDispatchMode):
+    """Counts the matrix products that produce a (rows, V) block of logits."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.num_classes, self.rows = num_classes, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        # (1, V) outputs are the bias gradient's vector-matrix products, not logits.
+        product = func in _MatmulOperands.PRODUCTS and out.dim() == 2
+        if product and out.shape[1] == self.num_classes and out.shape[0] > 1:
+            self.rows.append(out.shape[0])
+        return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_dense_below_the_budget_and_chunks_above(reduction, monkeypatch):
+    n, v = 150, 70
+    hidden, weight, b, target = _problem(n=n, h=6, v=v, dtype=torch.float32)
+
+    def forward_rows():
+        watch = _LogitsProducts(v)
+        with watch:
+            loss = linear_cross_entropy(hidden, weight, target, bias=b, reduction=reduction)
+        return watch.rows, loss
+
+    # Default budget: 150 x 70 float32 logits (41 KiB) are far below DENSE_BYTES.
+    dense_rows, dense = forward_rows()
+    assert dense_rows == [n]
+    # A budget one byte short of the logits: chunks of at most MIN_CHUNK_ROWS rows.
+    monkeypatch.setattr(linear, "DENSE_BYTES", n * v * 4 - 1)
+    monkeypatch.setattr(linear, "MIN_CHUNK_ROWS", 64)
+    chunk_rows_seen, chunked = forward_rows()
+    assert chunk_rows_seen == [64, 64, 22]  # aligned to 64, the rest last
+    torch.testing.assert_close(chunked, dense)
+    with chunking(rows=4):
+        _assert_matches("chunked", hidden, weight, b, target, atol=2e-6, rtol=2e-5,
+                        reduction=reduction)  # fmt: skip
+    monkeypatch.setattr(linear, "DENSE_BYTES", n * v * 4)  # exactly the logits: dense again
+    assert forward_rows()[0] == [n]
 
 
 def test_errors():

@@ -36,13 +36,23 @@ gradient, :math:`-\beta\,(c^\top h)` for W) instead of on every chunk.
 Implementations (``impl=``)
 ---------------------------
 ``"chunked"`` (torch, any device; the default on CPU): rows are processed in chunks whose size
-comes from a memory budget (:func:`chunk_rows`: the extra memory stays within 10% of the size
-of the (N, V) logits; the chunk's buffers take 80% of that, the rest is headroom for the BLAS).
-Each chunk's logits are held transposed, (V, rows). For ``reduction="mean"``/``"sum"`` the
-gradients are computed in the forward pass, as Liger-Kernel's fused linear cross-entropy does:
-each chunk's logits become its logits-gradient in place, which is immediately multiplied into
-the hidden, weight and bias gradients, so backward only scales them by the scalar
-``grad_output`` (three matrix products in all, the same as ``F.linear`` + ``F.cross_entropy``).
+comes from :func:`chunk_rows`. When the work buffers of all N rows fit :data:`DENSE_BYTES`
+(256 MiB) there is one chunk: the logits are materialised (once, and turned into their
+gradient in place), which is what ``F.linear`` + ``ls.cross_entropy`` would hold anyway, twice
+over. Above it the extra memory stays within 10% of the size of the (N, V) logits (the chunk's
+buffers take 80% of that, the rest is headroom for the BLAS), but a chunk has at least
+:data:`MIN_CHUNK_ROWS` rows so that its matrix products run at full speed. One set of chunk
+buffers is allocated per call and reused by every chunk (a fresh buffer per chunk would pay the
+operating system's page faults again each time: about 0.4 s per GiB on the 2-core test VM).
+
+Each chunk's logits, (rows, V), are turned into probabilities by one in-place
+``torch.softmax`` (row by row, so each row stays in cache), and the log-partition is read off
+it: :math:`\mathrm{lse} = m - \log \max_c p_c` (m the row's largest logit, whose probability
+is :math:`e^{m - \mathrm{lse}}`). For ``reduction="mean"``/``"sum"`` the gradients are computed
+in the forward pass, as Liger-Kernel's fused linear cross-entropy does: each chunk's
+probabilities become its logits-gradient in place, which is immediately multiplied into the
+hidden, weight and bias gradients, so backward only scales them by the scalar ``grad_output``
+(three matrix products in all, the same as ``F.linear`` + ``F.cross_entropy``).
 ``reduction="none"`` has a per-row ``grad_output``, which cannot be applied to the summed
 weight gradient afterwards, so there the forward saves the per-row log-partition (N floats)
 and backward recomputes each chunk's logits (four matrix products). The same recomputation
@@ -51,6 +61,13 @@ scales copies of the gradients computed in the forward, so every backward of the
 gives bit-identical results (``gradcheck`` with ``nondet_tol=0``): the chunks always run in the
 same order and nothing is accumulated concurrently. Under ``torch.no_grad()`` (evaluation)
 only the loss is computed (one matrix product).
+
+Subnormals: probabilities :math:`p_c \le` :data:`PROBABILITY_FLOOR` (:math:`2^{-80}` in
+float32) are set to exactly 0 before the gradient products (see :func:`_flush_`), so that large
+logits (e.g. ``randn`` weights: logit spreads of hundreds) never send subnormal numbers, which
+many CPUs process tens of times slower, into the matrix products. This changes no result
+beyond rounding. (Before, a vectorised ``exp_`` of the whole chunk underflowed there: 17x
+slower than on ordinary logits; the row-wise softmax has no such slow path.)
 
 ``"triton"`` (CUDA): Apple's Cut Cross-Entropy scheme in :mod:`labelsmooth.kernels.linear_triton`
 (logit blocks live only in on-chip memory; backward recomputes them).
@@ -75,6 +92,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,8 +105,11 @@ from ..targets import smoothing_coefficients
 from ._linear_common import _reduce, _row_scale, _Spec
 
 __all__ = [
+    "DENSE_BYTES",
     "LINEAR_IMPLS",
     "LOGITS_MEMORY_FRACTION",
+    "MIN_CHUNK_ROWS",
+    "PROBABILITY_FLOOR",
     "WORK_SHARE",
     "chunk_rows",
     "chunking",
@@ -97,12 +118,31 @@ __all__ = [
 
 LINEAR_IMPLS = ("auto", "chunked", "reference", "triton")
 
+# Work buffers (the logits of all rows in the compute dtype, plus the input-dtype copy and the
+# softcap derivative where those exist) of at most this many bytes are allocated whole: one
+# chunk, the logits materialised. Below it chunking saves little memory in absolute terms
+# (F.linear + a cross-entropy holds the logits and their gradient, 2x this or more) and costs
+# speed; above it the memory rule below applies.
+DENSE_BYTES = 256 * 2**20
 # The chunked path keeps its per-chunk work buffers within this fraction of the (N, V) logits.
 LOGITS_MEMORY_FRACTION = 0.1
-# Share of that budget given to the chunk's (V, rows) work buffers; the rest is headroom for
+# Share of that budget given to the chunk's (rows, V) work buffers; the rest is headroom for
 # what scales with the chunk but is not ours to size: the BLAS's packing buffers (MKL: about
-# 4-8 MiB at V=32000, H=1024 in the layout used here) and the (rows, H) hidden-gradient block.
+# 12 MiB at V=32000, H=1024 and at V=128256, H=2048, measured) and the (rows, H) gradient block.
 WORK_SHARE = 0.8
+# A chunk has at least this many rows, whatever the memory rule gives: with fewer the matrix
+# products lose speed (measured with 2 threads on the 2-core VM: 256 rows ran up to 2x slower
+# than 1024, while 512 matched 1024; one thread is at full speed from 256).
+MIN_CHUNK_ROWS = 512
+# Chunks of more rows than this are a multiple of it (an odd chunk such as 631 rows made the
+# forward product 20% slower than 512 or 768 on the test VM).
+ROW_ALIGN = 64
+# Probabilities at or below this are set to exactly 0 before the gradient products; see
+# `_flush_` for why that changes no result beyond rounding.
+PROBABILITY_FLOOR = {torch.float32: 2.0**-80, torch.float64: 2.0**-110}
+# See `_Grads`: apply the per-row gradient coefficients to the small operands (CPU, no softcap).
+# A switch for the tests, which cover both ways.
+_FOLD_ROWS = True
 
 # Set by `chunking()` (tests, benchmarks): a fixed number of rows, or another fraction.
 _chunk_override: dict[str, float | int | None] = {"rows": None, "fraction": None}
@@ -112,8 +152,8 @@ _chunk_override: dict[str, float | int | None] = {"rows": None, "fraction": None
 def chunking(*, rows: int | None = None, fraction: float | None = None) -> Iterator[None]:
     """Overrides the chunk size of the ``"chunked"`` path inside the ``with`` block.
 
-    ``rows`` fixes the rows per chunk; ``fraction`` replaces :data:`LOGITS_MEMORY_FRACTION`.
-    Meant for tests and benchmarks; not thread-safe.
+    ``rows`` fixes the rows per chunk (also below :data:`DENSE_BYTES`); ``fraction`` replaces
+    :data:`LOGITS_MEMORY_FRACTION`. Meant for tests and benchmarks; not thread-safe.
 
     >>> with chunking(rows=3):
     ...     chunk_rows(10, 7, torch.float32)
@@ -139,22 +179,31 @@ def chunk_rows(
     softcap: bool = False,
     fraction: float | None = None,
 ) -> int:
-    r"""Rows per chunk so that the extra memory stays within ``fraction`` of the logits.
+    r"""Rows per chunk: all of them up to :data:`DENSE_BYTES`, else a share of the logits' size.
 
-    The (N, V) logits would take :math:`N V s` bytes (s = the input's element size). A chunk
-    of r rows holds r V elements in the compute dtype (the logits, turned into their gradient
-    in place), plus a copy in the input dtype when that differs (bf16/fp16: the matmul output,
-    then the gradient cast back for the next matmuls), plus the softcap derivative. These work
-    buffers get :data:`WORK_SHARE` (80%) of the budget ``fraction`` (default
-    :data:`LOGITS_MEMORY_FRACTION`, 10%), the rest is headroom for the BLAS workspace and the
-    (r, H) gradient block: :math:`r = \lfloor 0.8 f N s / (\text{bytes per element})
-    \rfloor` (at least 1), then evened out so that the chunks have nearly equal sizes.
-    float32 gets 8% of the rows per chunk, bf16 2.7%, float32 with softcap 4%.
+    A chunk of r rows holds r V elements in the compute dtype (the logits, turned into their
+    gradient in place), plus a copy in the input dtype when that differs (bf16/fp16: the matmul
+    output, then the gradient cast back for the next matmuls), plus the softcap derivative.
 
-    >>> chunk_rows(8192, 32000, torch.float32)
-    631
-    >>> chunk_rows(8192, 32000, torch.bfloat16, softcap=True)
-    131
+    * If these work buffers fit :data:`DENSE_BYTES` (256 MiB) for all N rows, the answer is N:
+      one chunk, the logits materialised.
+    * Otherwise they get :data:`WORK_SHARE` (80%) of the budget ``fraction`` (default
+      :data:`LOGITS_MEMORY_FRACTION`, 10%) of the (N, V) logits in the input dtype (N V s
+      bytes), the rest being headroom for the BLAS workspace and the (r, H) gradient block:
+      :math:`r = \lfloor 0.8 f N s / (\text{bytes per element}) \rfloor`, but at least
+      :data:`MIN_CHUNK_ROWS` (512) rows for the speed of the matrix products, rounded down to a
+      multiple of :data:`ROW_ALIGN` (64) and then evened out so that the chunks have nearly equal
+      sizes (still multiples of 64 and at least 512 rows; the last one takes the rest).
+
+    float32 gets 8% of the rows per chunk, bf16 2.7%, float32 with softcap 4%, when that is
+    more than 512 rows.
+
+    >>> chunk_rows(8192, 32000, torch.float32)   # 1000 MiB of logits: 12 x 640 rows + 512
+    640
+    >>> chunk_rows(2048, 32000, torch.float32)   # 250 MiB: one chunk
+    2048
+    >>> chunk_rows(65536, 32000, torch.bfloat16, softcap=True)   # 2.6% of the rows, aligned
+    1024
     """
     if _chunk_override["rows"] is not None:
         return max(1, min(int(_chunk_override["rows"]), max(num_rows, 1)))
@@ -166,40 +215,144 @@ def chunk_rows(
     size = torch.empty((), dtype=dtype).element_size()
     work = torch.empty((), dtype=_checks.compute_dtype(dtype)).element_size()
     per_element = work + (size if size != work else 0) + (work if softcap else 0)
+    if num_rows * num_classes * per_element <= DENSE_BYTES:
+        return num_rows
     budget = fraction * WORK_SHARE * num_rows * size
-    rows = max(1, min(num_rows, math.floor(budget / per_element)))
+    rows = max(1, MIN_CHUNK_ROWS, math.floor(budget / per_element))
+    if rows >= num_rows:
+        return num_rows
+    align = ROW_ALIGN if rows >= ROW_ALIGN else 1
+    rows -= rows % align
     chunks = math.ceil(num_rows / rows)
-    return math.ceil(num_rows / chunks)
+    even = math.ceil(math.ceil(num_rows / chunks) / align) * align
+    return min(rows, max(even, MIN_CHUNK_ROWS))
+
+
+class _Buffers:
+    """The work buffers of one call, sized for its largest chunk and reused by every chunk.
+
+    ``x``: the chunk's logits, then probabilities, then logits-gradient, (rows, V) in the
+    compute dtype; ``low``: the input-dtype copy (matmul output, and the gradient cast back for
+    the products) when the input is bf16/fp16; ``dcap``: the softcap derivative.
+    """
+
+    def __init__(self, rows: int, weight: Tensor, spec: _Spec, need_dcap: bool) -> None:
+        self.num_classes = weight.shape[0]
+        size = rows * self.num_classes
+        cd, device = spec.compute_dtype, weight.device
+        self.x = torch.empty(size, dtype=cd, device=device)
+        low = weight.dtype != cd
+        self.low = torch.empty(size, dtype=weight.dtype, device=device) if low else None
+        dcap = need_dcap and spec.softcap is not None
+        self.dcap = torch.empty(size, dtype=cd, device=device) if dcap else None
+
+    def view(self, name: str, rows: int) -> Tensor | None:
+        """The (rows, V) front of buffer ``name`` (None where there is no such buffer)."""
+        buffer: Tensor | None = getattr(self, name)
+        if buffer is None:
+            return None
+        return buffer[: rows * self.num_classes].view(rows, self.num_classes)
 
 
 def _logits_chunk(
-    hidden: Tensor, weight: Tensor, bias: Tensor | None, spec: _Spec, need_dcap: bool
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    spec: _Spec,
+    buffers: _Buffers,
+    need_dcap: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """The chunk's logits transposed, (V, rows), in the compute dtype, soft-capped, and the
-    cap's derivative if asked.
-
-    The transposed layout ``W @ h.T`` lets the BLAS work on the weight in place: computed as
-    ``h @ W.T`` (rows, V), MKL packs a copy of W's panels (about 30 MiB extra at V=32000,
-    H=1024), in ``W @ h.T`` it packs the small chunk (measured: 4 MiB). The reductions over
-    classes then run over dim 0.
-    """
+    """The chunk's logits, (rows, V), in the compute dtype, soft-capped, and the cap's
+    derivative if asked; written into the call's reused buffers."""
+    rows = hidden.shape[0]
+    x = buffers.view("x", rows)
+    assert x is not None
+    low = buffers.view("low", rows)
+    out = x if low is None else low
     if bias is None:
-        x = torch.mm(weight, hidden.T)
+        out = torch.mm(hidden, weight.T, out=out)
     else:
-        x = torch.addmm(bias.unsqueeze(1), weight, hidden.T)
-    if x.dtype != spec.compute_dtype:
-        x = x.to(spec.compute_dtype)
+        out = torch.addmm(bias, hidden, weight.T, out=out)
+    x = x.copy_(out) if low is not None else out
     dcap = None
     if spec.softcap is not None:
         x.div_(spec.softcap).tanh_()
         if need_dcap:
-            dcap = torch.mul(x, x).neg_().add_(1.0)  # d z / d x = 1 - tanh^2
+            dcap = buffers.view("dcap", rows)
+            assert dcap is not None
+            dcap = torch.addcmul(_one(x), x, x, value=-1.0, out=dcap)  # d z / d x = 1 - tanh^2
         x.mul_(spec.softcap)
     return x, dcap
 
 
+def _one(x: Tensor) -> Tensor:
+    return torch.ones((), dtype=x.dtype, device=x.device)
+
+
+def _softmax_(x: Tensor, fused: bool | None = None) -> Tensor:
+    """Turns the chunk's logits ``x`` (rows, V) into their softmax in place; returns lse.
+
+    ``torch.softmax`` works row by row (the row stays in cache: max, exp and sum, scale), so
+    this is about two passes over memory instead of the five of max / subtract / exp / sum /
+    scale, and its exp has no slow path for arguments that underflow (the vectorised ``exp_``
+    of a (rows, V) tensor took 17x longer on logits spread over hundreds). The log-partition is
+    read off the result: the row's largest logit m has probability e^(m - lse) = 1/sum (exactly
+    the factor softmax scales by, >= 1/V, never 0), so lse = m - log(max p) to about 2 ulp of
+    lse, as close to float64 as ``torch.logsumexp`` in the same dtype (measured).
+
+    Writing the softmax over its own input is safe for the CPU kernel (each element is read
+    before it is written, row by row; checked by the tests against the reference) but has not
+    been checked for other devices' kernels, so there the same is done op by op
+    (max, subtract, exp, sum, divide: no extra memory, five passes); ``fused`` overrides the
+    choice (tests).
+    """
+    m = x.amax(1)
+    if x.device.type == "cpu" if fused is None else fused:
+        x = torch.softmax(x, 1, out=x)
+        return m - x.amax(1).log()
+    x.sub_(m.unsqueeze(1)).exp_()
+    total = x.sum(1)
+    x.div_(total.unsqueeze(1))
+    return m + total.log()
+
+
+def _flush_(p: Tensor) -> Tensor:
+    r"""Sets probabilities ``p`` <= :data:`PROBABILITY_FLOOR` to exactly 0, in place.
+
+    Why: with large logits (a row's spread of hundreds, e.g. ``randn`` weights), most of a
+    row's probabilities are tiny or subnormal (< 2^-126 in float32), and so are their products
+    with the gradient scale (1/N for ``mean``). Subnormal operands cost a microcode assist per
+    operation on many CPUs (tens to hundreds of cycles); the test VM's MKL products happened to
+    run at full speed with them, but its vectorised ``exp_`` did not (17x slower). With the
+    floor, every entry that reaches the matrix products is 0 or at least 2^-80 times the row's
+    gradient scale (>= 1/N for ``mean``), a normal number for any realistic N.
+
+    Why it changes no result beyond rounding (float32; float64 has the floor 2^-110 and
+    u = 2^-53, the same argument with one more bit of margin): the probabilities of a row sum
+    to 1, and each of its V < 2^34 entries moves by at most the floor, so the row's
+    logits-gradient :math:`c\,(p - \tilde t)` moves by at most :math:`V 2^{-80} |c| <
+    2^{-46}|c|` in total (its l1 norm). Every fp32 evaluation of a softmax already has an error
+    of :math:`u = 2^{-24}` relative in the common factor 1/sum of the row, an l1 error of
+    :math:`2^{-24}|c|`: the flush is 2^22 times smaller. The loss does not see it (it reads lse
+    before the flush), and the products :math:`g W`, :math:`g^\top h` see each row changed by
+    that amount times the operand's largest entry, against their own rounding error bound of
+    :math:`\gamma_V \lVert g\rVert_1 \max|W|` per entry.
+    """
+    floor = PROBABILITY_FLOOR.get(p.dtype, 0.0)
+    return F.threshold_(p, floor, 0.0)
+
+
 class _Grads:
-    """Accumulators of the hidden, weight and bias gradients over the chunks."""
+    """Accumulators of the hidden, weight and bias gradients over the chunks.
+
+    A chunk arrives either as its logits-gradient g (:meth:`add` with ``rows=None``), or, on the
+    CPU without softcap, as its (flushed) probabilities p with the per-row coefficients of
+    g = c_p p - c_y onehot(y) (:class:`_Rows`): the products then run on p, and c_p, c_y are
+    applied to their small (rows, H) operands and results instead of to the (rows, V) chunk,
+    which saves a pass over it. (``index_add_`` of the target rows is deterministic on the CPU
+    only, so other devices take g.) The first chunk writes the weight and bias gradients
+    instead of adding to zeros, which saves a pass over (V, H).
+    """
 
     def __init__(
         self,
@@ -212,16 +365,17 @@ class _Grads:
         cd = spec.compute_dtype
         self.spec = spec
         self.weight = weight
+        self.started = False
         self.grad_hidden = (
             torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device)
             if needs[0]
             else None
         )
         self.grad_weight = (
-            torch.zeros(weight.shape, dtype=cd, device=weight.device) if needs[1] else None
+            torch.empty(weight.shape, dtype=cd, device=weight.device) if needs[1] else None
         )
         self.grad_bias = (
-            torch.zeros(weight.shape[0], dtype=cd, device=weight.device)
+            torch.empty(weight.shape[0], dtype=cd, device=weight.device)
             if needs[2] and bias is not None
             else None
         )
@@ -232,30 +386,60 @@ class _Grads:
             self.h_sum = torch.zeros(hidden.shape[-1], dtype=cd, device=hidden.device)
             self.c_sum = torch.zeros((), dtype=cd, device=hidden.device)
 
-    def add(self, start: int, hidden: Tensor, g: Tensor, c_beta: Tensor) -> None:
-        """Adds chunk ``g`` (V, rows) of the logits-gradient (without -c beta when folding)."""
-        g_mm = g if g.dtype == self.weight.dtype else g.to(self.weight.dtype)
+    def add(
+        self,
+        start: int,
+        hidden: Tensor,
+        g: Tensor,
+        c_beta: Tensor,
+        buffers: _Buffers,
+        rows: _Rows | None = None,
+    ) -> None:
+        """Adds chunk ``g`` (rows, V): the logits-gradient (without -c beta when folding), or,
+        with ``rows``, the probabilities whose coefficients ``rows`` holds."""
         cd = self.spec.compute_dtype
+        first, self.started = not self.started, True
+        g_mm = g
+        if g.dtype != self.weight.dtype:
+            low = buffers.view("low", g.shape[0])
+            g_mm = g.to(self.weight.dtype) if low is None else low.copy_(g)
         if self.grad_hidden is not None:
-            rows = self.grad_hidden[start : start + hidden.shape[0]]
-            if rows.dtype == cd and rows.dtype == g_mm.dtype:  # straight into the result
-                torch.mm(g_mm.T, self.weight, out=rows)
-                if self.fold:
-                    rows.addr_(c_beta, self.w_beta, alpha=-1)
+            out = self.grad_hidden[start : start + hidden.shape[0]]
+            if out.dtype == cd and out.dtype == g_mm.dtype:  # straight into the result
+                gh = torch.mm(g_mm, self.weight, out=out)
             else:
-                gh = (g_mm.T @ self.weight).to(cd)
-                if self.fold:
-                    gh.addr_(c_beta, self.w_beta, alpha=-1)
-                rows.copy_(gh)
+                gh = (g_mm @ self.weight).to(cd)
+            if rows is not None:
+                gh.mul_(rows.c_p.unsqueeze(1))
+                target_rows = self.weight.index_select(0, rows.target).to(cd)
+                gh.sub_(target_rows.mul_(rows.c_y.unsqueeze(1)))
+            if self.fold:
+                gh.addr_(c_beta, self.w_beta, alpha=-1)
+            if gh is not out:
+                out.copy_(gh)
         if self.grad_weight is not None:
+            h_mm = hidden
+            if rows is not None:
+                h_mm = (hidden.to(cd) * rows.c_p.unsqueeze(1)).to(hidden.dtype)
             if g_mm.dtype == cd:
-                self.grad_weight.addmm_(g_mm, hidden)
+                self.grad_weight.addmm_(g_mm.T, h_mm, beta=0 if first else 1)
+            elif first:
+                self.grad_weight.copy_(g_mm.T @ h_mm)
             else:
-                self.grad_weight.add_(g_mm @ hidden)
+                self.grad_weight.add_(g_mm.T @ h_mm)
+            if rows is not None:
+                minus = hidden.to(cd) * (-rows.c_y).unsqueeze(1)
+                self.grad_weight.index_add_(0, rows.target, minus)
             if self.fold:
                 self.h_sum.add_(c_beta.to(cd) @ hidden.to(cd))
         if self.grad_bias is not None:
-            self.grad_bias.add_(g.sum(1))
+            total = g.sum(0) if rows is None else rows.c_p @ g
+            if first:
+                self.grad_bias.copy_(total)
+            else:
+                self.grad_bias.add_(total)
+            if rows is not None:
+                self.grad_bias.index_add_(0, rows.target, -rows.c_y)
         if self.fold:
             self.c_sum.add_(c_beta.sum())
 
@@ -264,6 +448,10 @@ class _Grads:
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         beta = self.spec.offset
         gw, gb = self.grad_weight, self.grad_bias
+        if not self.started:  # no rows at all
+            for grad in (gw, gb):
+                if grad is not None:
+                    grad.zero_()
         if self.fold:
             if gw is not None and isinstance(beta, Tensor):
                 gw.addr_(beta, self.h_sum, alpha=-1)
@@ -276,6 +464,19 @@ class _Grads:
         if gb is not None and bias is not None:
             gb = gb.to(bias.dtype)
         return self.grad_hidden, gw, gb
+
+
+class _Rows(NamedTuple):
+    """Per-row coefficients of a chunk's logits-gradient g = c_p p - c_y onehot(target)."""
+
+    c_p: Tensor
+    c_y: Tensor
+    target: Tensor
+
+
+def _fold_rows(spec: _Spec, device: torch.device) -> bool:
+    """Whether chunks reach :class:`_Grads` as probabilities plus per-row coefficients."""
+    return _FOLD_ROWS and spec.softcap is None and device.type == "cpu"
 
 
 def _weighted_column_sum(weight: Tensor, spec: _Spec) -> Tensor:
@@ -293,13 +494,13 @@ def _smoothing_sum(
 ) -> Tensor:
     """sum_c beta_c z_c per row: a matrix-vector product on h, or a pass over capped logits.
 
-    ``z`` is the chunk's (V, rows) capped logits (only read under softcap).
+    ``z`` is the chunk's (rows, V) capped logits (only read under softcap).
     """
     cd = spec.compute_dtype
     if spec.softcap is not None or w_beta is None:
         if spec.offset_is_scalar:
-            return z.sum(0) * spec.offset
-        return spec.offset @ z
+            return z.sum(1) * spec.offset
+        return z @ spec.offset
     total = hidden.to(cd) @ w_beta
     if bias is not None:
         if spec.offset_is_scalar:
@@ -310,7 +511,7 @@ def _smoothing_sum(
 
 
 def _logits_gradient_(
-    x: Tensor,
+    p: Tensor,
     dcap: Tensor | None,
     target: Tensor,
     c_p: Tensor,
@@ -318,27 +519,37 @@ def _logits_gradient_(
     c_beta: Tensor,
     spec: _Spec,
 ) -> Tensor:
-    """Turns ``x`` = exp(z - m) (V, rows) into g = c_p p - c_y onehot(y) [- beta c_beta^T].
+    """Turns the probabilities ``p`` (rows, V) into g = c_p p - c_y onehot(y) [- c_beta beta].
 
-    ``c_p`` already includes the 1/sum(exp) normalisation of p. The beta term is applied
-    here only under softcap (where it must be multiplied by the cap's derivative); otherwise
-    :class:`_Grads` adds it as a rank-one term.
+    The beta term is applied here only under softcap (where it must be multiplied by the cap's
+    derivative); otherwise :class:`_Grads` adds it as a rank-one term.
     """
-    x.mul_(c_p)
-    x.scatter_add_(0, target.unsqueeze(0), (-c_y).unsqueeze(0).to(x.dtype))
+    p = _flush_(p)
+    p.mul_(c_p.unsqueeze(1))
+    p.scatter_add_(1, target.unsqueeze(1), (-c_y).unsqueeze(1).to(p.dtype))
     if dcap is not None:
         if spec.offset_is_scalar:
-            x.sub_(c_beta * spec.offset)
+            p.sub_((c_beta * spec.offset).unsqueeze(1))
         else:
-            x.addr_(spec.offset, c_beta, alpha=-1)
-        x.mul_(dcap)
-    return x
+            p.addr_(c_beta, spec.offset, alpha=-1)
+        p.mul_(dcap)
+    return p
 
 
 def _keep_graph() -> bool:
     """Whether the running backward keeps the graph (``retain_graph=True``); True if unknown."""
     getter = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
     return True if getter is None else bool(getter())
+
+
+def _is_one(grad: Tensor) -> bool:
+    """Whether ``grad`` is exactly 1 (``loss.backward()``), read only where that is free: a
+    plain CPU tensor outside any tracing (elsewhere: False, and the caller multiplies)."""
+    if type(grad) is not torch.Tensor or grad.device.type != "cpu" or grad.numel() != 1:
+        return False
+    if _checks.tracing(grad):
+        return False
+    return bool(grad == 1)
 
 
 def _refuse_create_graph(impl: str) -> None:
@@ -383,16 +594,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         w_beta = None
         if spec.softcap is None:
             w_beta = grads.w_beta if grads is not None else _weighted_column_sum(weight, spec)
+        buffers = _Buffers(min(rows, n), weight, spec, need_dcap=precompute)
+        folded = _fold_rows(spec, hidden.device)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             h, y = hidden[start:stop], target[start:stop]
-            x, dcap = _logits_chunk(h, weight, bias, spec, need_dcap=precompute)
-            z_y = x.gather(0, y.unsqueeze(0)).squeeze(0)
+            x, dcap = _logits_chunk(h, weight, bias, spec, buffers, need_dcap=precompute)
+            z_y = x.gather(1, y.unsqueeze(1)).squeeze(1)
             smooth = _smoothing_sum(x, h, bias, w_beta, spec)
-            m = x.amax(0)
-            x.sub_(m).exp_()  # the chunk now holds exp(z - m)
-            sum_exp = x.sum(0)
-            lse = m + sum_exp.log()
+            lse = _softmax_(x)  # the chunk now holds p
             loss_rows[start:stop] = spec.total * lse - spec.alpha * z_y - smooth
             if spec.z_loss:
                 loss_rows[start:stop] += spec.z_loss * lse.square()
@@ -400,10 +610,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             lse_rows[start:stop] = lse
             if grads is not None:
                 sc = scale[start:stop]
-                c_p = sc * (spec.total + 2 * spec.z_loss * lse) / sum_exp
-                _logits_gradient_(x, dcap, y, c_p, sc * spec.alpha, sc, spec)  # in place
-                grads.add(start, h, x, sc)
-            del x, dcap  # free the chunk before the next one is allocated
+                c_p = sc * (spec.total + 2 * spec.z_loss * lse)
+                if folded:
+                    grads.add(start, h, _flush_(x), sc, buffers, _Rows(c_p, sc * spec.alpha, y))
+                else:
+                    _logits_gradient_(x, dcap, y, c_p, sc * spec.alpha, sc, spec)  # in place
+                    grads.add(start, h, x, sc, buffers)
+        del buffers
         ctx.spec = spec  # type: ignore[attr-defined]
         ctx.rows = rows  # type: ignore[attr-defined]
         ctx.precomputed = (  # type: ignore[attr-defined]
@@ -428,6 +641,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
             assert grad_loss is not None
             if _keep_graph():  # another backward may follow: scale copies, keep the originals
                 scaled = tuple(None if g is None else g * grad_loss for g in precomputed)
+            elif _is_one(grad_loss):  # loss.backward(): the gradients as they are
+                ctx.precomputed = None  # type: ignore[attr-defined]
+                scaled = precomputed
             else:  # the last backward: scale in place, then let them go
                 ctx.precomputed = None  # type: ignore[attr-defined]
                 scaled = tuple(None if g is None else g.mul_(grad_loss) for g in precomputed)
@@ -444,16 +660,21 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         c_y_all = gl * spec.alpha + gn
         grads = _Grads(hidden, weight, bias, needs, spec)
         rows: int = ctx.rows  # type: ignore[attr-defined]
-        for start in range(0, hidden.shape[0], rows):
-            stop = min(start + rows, hidden.shape[0])
+        n = hidden.shape[0]
+        buffers = _Buffers(min(rows, n), weight, spec, need_dcap=True)
+        folded = _fold_rows(spec, hidden.device)
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
             h, y = hidden[start:stop], target[start:stop]
-            x, dcap = _logits_chunk(h, weight, bias, spec, need_dcap=True)
-            x.sub_(lse[start:stop]).exp_()  # p
-            g = _logits_gradient_(
-                x, dcap, y, c_p_all[start:stop], c_y_all[start:stop], gl[start:stop], spec
-            )
-            grads.add(start, h, g, gl[start:stop])
-            del x, dcap, g  # free the chunk before the next one is allocated
+            x, dcap = _logits_chunk(h, weight, bias, spec, buffers, need_dcap=True)
+            _softmax_(x)  # p; the same as exp(z - lse) with the saved lse, up to rounding
+            c_p, c_y, c_beta = c_p_all[start:stop], c_y_all[start:stop], gl[start:stop]
+            if folded:
+                grads.add(start, h, _flush_(x), c_beta, buffers, _Rows(c_p, c_y, y))
+            else:
+                g = _logits_gradient_(x, dcap, y, c_p, c_y, c_beta, spec)
+                grads.add(start, h, g, c_beta, buffers)
+        del buffers
         return (*grads.finish(hidden, weight, bias), *nothing)
 
 
@@ -526,10 +747,13 @@ def linear_cross_entropy(
     * ``prior`` (uniform only) replaces :math:`\epsilon/V` by :math:`\epsilon\,\pi_c`;
     * plus :math:`\zeta\,\mathrm{lse}^2` with ``z_loss`` = :math:`\zeta` (PaLM).
 
-    The logits are computed a chunk of rows at a time and never held whole; see
+    The logits are computed a chunk of rows at a time and never held whole, unless all of
+    them fit :data:`DENSE_BYTES` (256 MiB), where one chunk is as fast and costs no more memory
+    than the ``F.linear`` + cross-entropy it replaces (which holds them and their gradient); see
     :mod:`labelsmooth.kernels.linear` for the algorithm, the memory budget and the cost of
     each option (the smoothing term costs one matrix-vector product; softcap costs one extra
-    pass over each chunk).
+    pass over each chunk). Large logits (a row spread over hundreds) cost nothing extra:
+    negligible probabilities are flushed to 0 before they can become subnormal numbers.
 
     Reductions follow PyTorch: ``"mean"`` divides by the number of non-ignored elements
     (``z_loss`` shares that denominator), ``"sum"``, ``"none"`` (one value per element, 0 where
