@@ -263,6 +263,22 @@ def _native_cross_entropy(
     x = input if input.dtype == dtype else input.to(dtype)
     y = target if target.dtype == torch.int64 else target.long()
     summed = "none" if reduction == "none" else "sum"
+    if (
+        reduction == "mean"
+        and on_cpu
+        and weight is None
+        and not return_nll
+        and not _checks.tracing(input, target)
+    ):
+        # On the CPU a value can be read for free (no device to wait for): take PyTorch's own
+        # "mean", and the sum / count path below only when that is nan (an all-ignored batch,
+        # or nan logits, which give nan there too). Saves four small ops and a backward.
+        try:
+            loss = F.cross_entropy(x, y, ignore_index=ignore_index, label_smoothing=eps)
+        except (IndexError, RuntimeError):
+            loss = None  # the path below raises our error
+        if loss is not None and not math.isnan(loss.item()):
+            return loss
     try:
         if return_nll:
             log_probs = F.log_softmax(x, class_dim)
@@ -702,6 +718,7 @@ def binary_cross_entropy_with_logits(
         style = _checks.check_style(style)
         eps = _checks.check_eps(eps, 2, style, binary=True)
     traced = _checks.tracing(input, target)
+    source = target
     if target.dtype == torch.bool:
         target = target.to(dtype)  # 0/1 by type: nothing to check
     else:
@@ -728,7 +745,11 @@ def binary_cross_entropy_with_logits(
         # smooth_binary's t (1 - eps) + eps / 2 ("uniform") and t (1 - 2 eps) + eps ("others")
         # are t + w (1/2 - t) with w = eps or 2 eps: one lerp instead of two scalar ops.
         half = target.new_full((), 0.5) if traced else _half(dtype, target.device)
-        target = torch.lerp(target, half, eps if style == "uniform" else 2.0 * eps)
+        rate = eps if style == "uniform" else 2.0 * eps
+        if target is source or traced:
+            target = torch.lerp(target, half, rate)
+        else:  # our own converted copy (bool, integer or bf16/fp16 targets): smooth it in place
+            target = target.lerp_(half, rate)
     # F.binary_cross_entropy_with_logits without its Python wrapper (whose checks are done
     # above): the op it calls, with the reduction as its enum.
     loss = torch.binary_cross_entropy_with_logits(
