@@ -14,6 +14,15 @@ MODULES = [
     "labelsmooth.analysis",
     "labelsmooth.distributed",
     "labelsmooth.kernels.linear",
+    "labelsmooth.schedules",
+    "labelsmooth.variants.confidence_penalty",
+    "labelsmooth.variants.focal",
+    "labelsmooth.variants.label_relaxation",
+    "labelsmooth.variants.margin_label_smoothing",
+    "labelsmooth.variants.maxsup",
+    "labelsmooth.variants.online_label_smoothing",
+    "labelsmooth.variants.spatial_label_smoothing",
+    "labelsmooth.variants.teacher_free_kd",
     "labelsmooth.study.stats",
 ]
 

@@ -5,7 +5,7 @@
 tensor([[0.1000, 0.8000, 0.1000]])
 """
 
-from . import analysis, distributed, metrics, nn, streaming
+from . import analysis, distributed, metrics, nn, schedules, streaming, variants
 from .diagnosis import Diagnosis, diagnose
 from .functional import (
     DoubleSmoothingWarning,
@@ -45,8 +45,10 @@ __all__ = [
     "linear_cross_entropy",
     "metrics",
     "nn",
+    "schedules",
     "smooth_binary",
     "smooth_labels",
     "smoothing_coefficients",
     "streaming",
+    "variants",
 ]

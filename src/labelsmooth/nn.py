@@ -14,11 +14,31 @@ from torch import Tensor, nn
 from . import _checks
 from .functional import _resolve_impl, binary_cross_entropy_with_logits, cross_entropy
 from .kernels.linear import LINEAR_IMPLS, linear_cross_entropy
+from .variants import (
+    ConfidencePenaltyLoss,
+    FocalLoss,
+    LabelRelaxationLoss,
+    MarginLabelSmoothingLoss,
+    MaxSupLoss,
+    OnlineLabelSmoothing,
+    SpatialLabelSmoothingLoss,
+    TeacherFreeKDLoss,
+)
 
+# The variants' modules live next to their functional forms in `labelsmooth.variants` (one file
+# per idea) and are re-exported here, so that every loss module is `ls.nn.<Name>`.
 __all__ = [
+    "ConfidencePenaltyLoss",
+    "FocalLoss",
+    "LabelRelaxationLoss",
     "LabelSmoothingBCEWithLogits",
     "LabelSmoothingCrossEntropy",
     "LinearLabelSmoothingCrossEntropy",
+    "MarginLabelSmoothingLoss",
+    "MaxSupLoss",
+    "OnlineLabelSmoothing",
+    "SpatialLabelSmoothingLoss",
+    "TeacherFreeKDLoss",
 ]
 
 
