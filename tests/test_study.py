@@ -97,7 +97,13 @@ def test_outputs(tiny_study):
     out, summary = tiny_study
     records = _records(out)
     assert len(records) == summary["total_runs"] == summary["computed"]
-    assert {r["experiment"] for r in records} == {"sweep", "noise", "distillation", "multilabel"}
+    assert {r["experiment"] for r in records} == {
+        "sweep",
+        "noise",
+        "distillation",
+        "multilabel",
+        "variants",
+    }
     first = records[0]
     assert set(first) >= {"key", "fingerprint", "status", "config", "seed", "metrics", "seconds"}
     assert first["versions"]["torch"] and first["status"] == "ok"
@@ -140,7 +146,7 @@ def test_outputs(tiny_study):
     # The report opens with the verdict: its heading comes before every other section.
     headings = re.findall(r"<h2>(.*?)</h2>", page)
     assert headings[0] == "Verdict" and headings[1] == "Methods"
-    for section in ("eps sweep", "Noisy labels", "Distillation", "multi-label"):
+    for section in ("eps sweep", "Noisy labels", "Distillation", "multi-label", "Variants"):
         assert any(section in h for h in headings)
     n = json.loads((out / "findings.json").read_text())
     assert f"n_train {n['n_train']}, n_val {n['n_val']}, n_test {n['n_test']}" in page
@@ -153,11 +159,12 @@ def test_findings_json_schema(tiny_study):
     findings = json.loads((out / "findings.json").read_text())
     assert set(findings) >= FINDINGS_KEYS
     assert findings["selected_on"] == "validation" and findings["complete"] is True
-    assert findings["runs"] == {"finished": 66, "diverged": 0, "planned": 66}
+    # 66 runs of the four original experiments + 10 variant arms x 3 seeds x 2 settings
+    assert findings["runs"] == {"finished": 126, "diverged": 0, "planned": 126}
     assert findings["n_train"] + findings["n_val"] == 300 and findings["n_test"] > 0
     assert findings["seeds"] == [0, 1, 2]
     experiments_seen = {c["experiment"] for c in findings["comparisons"]}
-    assert experiments_seen == {"sweep", "noise", "distillation", "multilabel"}
+    assert experiments_seen == {"sweep", "noise", "distillation", "multilabel", "variants"}
     for comparison in findings["comparisons"]:
         assert set(comparison) >= COMPARISON_KEYS
         low, high = comparison["ci_low"], comparison["ci_high"]

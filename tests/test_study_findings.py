@@ -819,3 +819,74 @@ def test_group_results_groups_by_experiment_setting_and_params():
     assert math.isnan(first.metrics[0]["accuracy"])  # None becomes nan
     assert math.isnan(first.mean("accuracy")) and first.mean("nll") == 0.5
     assert [g.n_seeds for g in groups] == [2, 1, 1, 1, 1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants
+# ----------------------------------------------------------------------------------------------
+
+
+VARIANT_NAMES = ("baseline", "label_smoothing", "helps", "hurts_after_ts", "same")
+
+
+def variants(shifts_by_name, *, setting="main", scale=0.002):
+    """Records of the variants experiment; "same" copies plain smoothing's metrics exactly."""
+    records = []
+    plain = {}
+    for index, name in enumerate(VARIANT_NAMES):
+        params = {"variant": name, "label": f"the {name} loss"}
+        for seed in SEEDS:
+            if name == "same":
+                metrics = dict(plain[seed])
+            else:
+                metrics = measured(
+                    classifier_names(), index, seed, shifts_by_name.get(name, {}), scale
+                )
+            if name == "label_smoothing":
+                plain[seed] = metrics
+            records.append(record("variants", setting, params, seed, metrics))
+    return records
+
+
+def test_variants_are_compared_with_the_baseline_and_plain_smoothing_in_honest_words():
+    records = sweep([((0.0, "uniform"), {}), ((0.1, "uniform"), {})]) + variants(
+        {"helps": {"nll": -0.2}, "hurts_after_ts": {"ts_nll": 0.3}}
+    )
+    findings = analyse(records, SEEDS)
+    section = findings.sections["variants:main"]
+    assert [row.label for row in section["rows"]] == [f"the {n} loss" for n in VARIANT_NAMES]
+    assert section["rows"][0].comparisons["nll"] is None  # the baseline's own row
+    assert section["count"] == 3  # the variants proper, not the two references
+    # Against plain smoothing: NLL, NLL after temperature scaling, accuracy, per variant.
+    against_plain = [
+        c for c in findings.comparisons
+        if c["experiment"] == "variants" and c["baseline"] == "the label_smoothing loss"
+    ]  # fmt: skip
+    assert {c["metric"] for c in against_plain} == {"nll", "ts_nll", "accuracy"}
+    assert len(against_plain) == 3 * 3
+    same = [c for c in against_plain if c["arm"] == "the same loss"]
+    assert all(c["mean_delta"] == 0 and not c["significant"] for c in same)
+    helps = next(c for c in against_plain if c["arm"] == "the helps loss" and c["metric"] == "nll")
+    assert helps["significant"] and helps["mean_delta"] < 0
+    for sentence in section["sentences"]:
+        check_wording(sentence)
+    # The verdict names exactly the variants that differ detectably, and how many were looked at.
+    text = findings.recommendation["variants"]
+    assert findings.recommendation["text"].endswith(text)
+    check_wording(text)
+    assert "the helps loss lowered NLL" in text
+    assert "the hurts_after_ts loss after temperature scaling raised NLL" in text
+    assert "the same loss" not in text
+    assert "3 variants x 3 metrics were compared" in text
+
+
+def test_no_variant_difference_is_said_as_such():
+    records = sweep([((0.0, "uniform"), {}), ((0.1, "uniform"), {})])
+    records += [
+        r for r in variants({}) if r["params"]["variant"] in ("baseline", "label_smoothing", "same")
+    ]
+    findings = analyse(records, SEEDS)
+    assert findings.recommendation["variants"] == (
+        "No variant (1 at their papers' default strengths) differed detectably from the "
+        "label_smoothing loss in NLL (before or after temperature scaling) or accuracy."
+    )

@@ -102,3 +102,43 @@ def test_a_useful_temperature_is_accepted():
     logits = 8.0 * nn.functional.one_hot(predicted, 3).float()
     temperature, usable, before, after = temperature_scaling(logits, labels)
     assert usable and temperature > 1 and after < before
+
+
+def test_on_epoch_end_runs_after_each_epochs_updates_and_drives_online_label_smoothing():
+    from labelsmooth.variants import OnlineLabelSmoothing
+
+    x, y = _data()
+    criterion = OnlineLabelSmoothing(2, alpha=0.5)
+    seen = []
+
+    def hook(epoch):
+        seen.append((epoch, int(criterion.epoch_count.sum())))  # correct predictions counted
+        criterion.epoch_end()
+
+    torch.manual_seed(0)
+    train_classifier(nn.Linear(5, 2), criterion, x, y, TrainConfig(epochs=3, lr=0.05),
+                     on_epoch_end=hook)  # fmt: skip
+    assert [epoch for epoch, _ in seen] == [1, 2, 3]
+    assert all(count > 0 for _, count in seen)  # called after the epoch's updates
+    # After the first epoch the soft targets come from its correct predictions: no longer the
+    # uniform 1/K rows of the start.
+    assert not torch.allclose(criterion.soft_targets, torch.full((2, 2), 0.5))
+
+
+def test_the_variants_experiment_plans_every_arm_paired_by_seed_in_both_settings():
+    from labelsmooth.study import experiments
+    from labelsmooth.study.config import make_config
+    from labelsmooth.study.data import synthetic
+
+    config = make_config({"seeds": [0, 1], "experiments": ["variants"]})
+    plan = experiments.plan(synthetic(seed=0), config)
+    keys = [run.key for run in plan.runs]
+    arms = list(experiments.VARIANT_ARMS)
+    assert arms[:2] == ["baseline", "label_smoothing"]
+    assert keys == [
+        f"variants|{setting}|{arm}|{seed}"
+        for setting in ("main", "overconfident")
+        for arm in arms
+        for seed in (0, 1)
+    ]
+    assert any("SVLS" in note for note in plan.notes)

@@ -14,7 +14,7 @@ from .. import _checks
 from ..metrics import MAX_BINS
 from .train import SELECT_RULES
 
-EXPERIMENTS = ("sweep", "noise", "distillation", "multilabel")
+EXPERIMENTS = ("sweep", "noise", "distillation", "multilabel", "variants")
 
 
 class ConfigError(ValueError):

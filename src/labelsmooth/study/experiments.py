@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import metrics
+from .. import metrics, variants
 from ..analysis import mutual_information_under_noise
 from ..functional import binary_cross_entropy_with_logits, cross_entropy
 from .config import StudyConfig
@@ -150,6 +150,7 @@ def _fit(
     y_train: Tensor | None = None,
     y_val: Tensor | None = None,
     multilabel: bool = False,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
     device = torch.device(config.device)
     torch.manual_seed(seed)
@@ -168,7 +169,15 @@ def _fit(
     validation = (part.x_val.to(device), (part.y_val if y_val is None else y_val).to(device))
     kwargs: dict[str, Any] = {"score_fn": multilabel_score} if multilabel else {}
     return train_classifier(
-        model, loss_fn, x, y, train_config, validation=validation, select=config.select, **kwargs
+        model,
+        loss_fn,
+        x,
+        y,
+        train_config,
+        validation=validation,
+        select=config.select,
+        on_epoch_end=on_epoch_end,
+        **kwargs,
     )
 
 
@@ -311,12 +320,17 @@ def sweep_combos(config: StudyConfig) -> list[tuple[float, str]]:
     ]
 
 
-def sweep_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
+def two_settings(data: Split, config: StudyConfig) -> list[tuple[str, Split, int, str]]:
+    """(setting, data, epochs, description) of the main and the over-confident setting."""
     second, second_epochs, second_description = overconfident_setting(data, config)
-    settings = [
+    return [
         ("main", data, config.epochs, f"{data.name}, every training example"),
         ("overconfident", second, second_epochs, second_description),
     ]
+
+
+def sweep_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
+    settings = two_settings(data, config)
     projection = data.num_classes >= 3 and max(config.projection_classes) < data.num_classes
     if not projection:
         plan.notes.append(
@@ -627,11 +641,134 @@ def multilabel_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
             )
 
 
+# ----------------------------------------------------------------------------------------------
+# 5. The published variants against plain smoothing and the baseline
+# ----------------------------------------------------------------------------------------------
+
+LossAndHook = tuple[Callable[[Tensor, Tensor], Tensor], Callable[[int], None] | None]
+
+
+def _plain(eps: float) -> Callable[[int], LossAndHook]:
+    def make(num_classes: int) -> LossAndHook:
+        return (lambda logits, target: cross_entropy(logits, target, eps)), None
+
+    return make
+
+
+def _online(num_classes: int) -> LossAndHook:
+    criterion = variants.OnlineLabelSmoothing(num_classes, alpha=0.5)
+    return criterion, lambda epoch: criterion.epoch_end()
+
+
+def _stateless(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[int], LossAndHook]:
+    return lambda num_classes: (loss, None)
+
+
+# name -> (label in the report, loss factory(num_classes) -> (loss_fn, epoch-end hook)). The
+# strengths are the papers' (or the authors' code's) defaults, not tuned here: a variant that
+# needs tuning to help is reported as it comes.
+VARIANT_ARMS: dict[str, tuple[str, Callable[[int], LossAndHook]]] = {
+    "baseline": ("baseline (eps=0)", _plain(0.0)),
+    "label_smoothing": ("label smoothing, eps=0.1 (uniform)", _plain(0.1)),
+    "confidence_penalty": (
+        "confidence penalty, beta=0.1 (Pereyra et al. 2017)",
+        _stateless(lambda z, y: variants.confidence_penalty(z, y, 0.1)),
+    ),
+    "margin": (
+        "margin-based LS, margin=10, alpha=0.1 (MbLS, Liu et al. 2022)",
+        _stateless(lambda z, y: variants.margin_label_smoothing(z, y, 10.0, 0.1)),
+    ),
+    "relaxation": (
+        "label relaxation, alpha=0.1 (Lienen & Hüllermeier 2021)",
+        _stateless(lambda z, y: variants.label_relaxation(z, y, 0.1)),
+    ),
+    "maxsup": (
+        "MaxSup, eps=0.1 (Zhou et al. 2025)",
+        _stateless(lambda z, y: variants.maxsup(z, y, 0.1)),
+    ),
+    "online": ("online label smoothing, alpha=0.5 (Zhang et al. 2021)", _online),
+    "teacher_free": (
+        "teacher-free KD, a=0.99, T=20, alpha=0.1 (Yuan et al. 2020)",
+        _stateless(lambda z, y: variants.teacher_free_kd(z, y)),
+    ),
+    "focal": (
+        "focal loss, gamma=2 (Lin et al. 2017)",
+        _stateless(lambda z, y: variants.focal_cross_entropy(z, y, 2.0)),
+    ),
+    "focal_smoothed": (
+        "focal loss, gamma=2, eps=0.1 (uniform)",
+        _stateless(lambda z, y: variants.focal_cross_entropy(z, y, 2.0, 0.1)),
+    ),
+}
+
+
+def _variant_run(
+    data: Split, config: StudyConfig, variant: str, seed: int, epochs: int
+) -> Callable[[RunContext], tuple[Metrics, Arrays | None]]:
+    make = VARIANT_ARMS[variant][1]
+
+    def train(eps: float, style: str, seed: int, report: EpochReport) -> Outputs:
+        part = seed_data(data, config, seed)
+        loss_fn, hook = make(data.num_classes)
+        trained = _fit(part, config, loss_fn, seed, epochs=epochs, on_epoch_end=hook)
+        return classifier_outputs(trained, part, config)
+
+    def execute(_: RunContext) -> tuple[Metrics, Arrays | None]:
+        # eps=0 for the measurements that refer to a smoothing rate (the theoretical gap):
+        # the variants have none.
+        return run_trial(
+            train,
+            0.0,
+            "uniform",
+            seed,
+            select=config.select,
+            n_bins=config.n_bins,
+            keep_arrays=False,
+        )
+
+    return execute
+
+
+def variants_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
+    """Every variant of :data:`VARIANT_ARMS`, with its own baseline and plain smoothing at
+    eps=0.1 (same seeds, so the same initialisation and batch order: paired), in the sweep's
+    two settings."""
+    settings = two_settings(data, config)
+    plan.notes.append(
+        "Variants: spatially varying label smoothing (SVLS) needs label maps (segmentation) "
+        "and is not run on a classification data set."
+    )
+    for setting, split, epochs, description in settings:
+        plan.settings.setdefault(
+            setting,
+            {
+                "description": description,
+                "epochs": epochs,
+                "num_classes": split.num_classes,
+                **split_sizes(split, config),
+            },
+        )
+        for variant in VARIANT_ARMS:
+            for seed in config.seeds:
+                plan.runs.append(
+                    Run(
+                        key=f"variants|{setting}|{variant}|{seed}",
+                        experiment="variants",
+                        setting=setting,
+                        params={"variant": variant, "label": VARIANT_ARMS[variant][0]},
+                        seed=seed,
+                        execute=_variant_run(split, config, variant, seed, epochs),
+                        cost=len(split.x_train) * epochs,
+                    )
+                )
+
+
 BUILDERS = {
     "sweep": sweep_runs,
     "noise": noise_runs,
     "distillation": distillation_runs,
     "multilabel": multilabel_runs,
+    "variants": variants_runs,
 }
 
 

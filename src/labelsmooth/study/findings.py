@@ -51,6 +51,11 @@ METRICS: dict[str, tuple[str, bool, int]] = {
 BLOWN_UP_NLL_FACTOR = 10.0
 VERDICT_METRICS = ("nll", "brier", "ece", "ece_quantile", "accuracy", "aurc", "excess_aurc")
 MULTILABEL_METRICS = ("macro_auroc", "label_ece", "nll", "accuracy")
+VARIANT_METRICS = ("nll", "ts_nll", "brier", "ece", "accuracy")
+# Against plain smoothing: NLL before and after temperature scaling (of both), accuracy.
+PLAIN_METRICS = ("nll", "ts_nll", "accuracy")
+# The variants experiment's reference arms (experiments.VARIANT_ARMS).
+VARIANT_BASELINE, VARIANT_PLAIN = "baseline", "label_smoothing"
 
 
 def metric_label(metric: str) -> str:
@@ -915,6 +920,88 @@ def analyse_multilabel(findings: Findings, groups: Sequence[Group]) -> None:
     findings.sections["multilabel"] = {"rows": rows, "best": best, "sentences": sentences}
 
 
+def analyse_variants(findings: Findings, groups: Sequence[Group]) -> None:
+    """Each variant against the baseline (every metric) and against plain smoothing at eps=0.1
+    (NLL, accuracy), paired by seed, per setting. The variants are fixed in advance (their
+    papers' default strengths), so nothing is chosen: each is one pre-specified comparison."""
+    runs = select(groups, "variants")
+    for setting in ("main", "overconfident"):
+        by_name = {g.params["variant"]: g for g in runs if g.setting == setting}
+        baseline, plain = by_name.get(VARIANT_BASELINE), by_name.get(VARIANT_PLAIN)
+        if baseline is None:
+            continue
+        base_label = baseline.params.get("label", VARIANT_BASELINE)
+        plain_label = None if plain is None else plain.params.get("label", VARIANT_PLAIN)
+        rows: list[Row] = []
+        sentences: list[str] = []
+        differences: list[str] = []
+        for name, group in by_name.items():
+            label = group.params.get("label", name)
+            comparisons: dict[str, Comparison | None] = {
+                m: None
+                if group is baseline
+                else findings.compare(
+                    "variants", setting, group, baseline, m, arm_label=label,
+                    baseline_label=base_label,
+                )
+                for m in VARIANT_METRICS
+            }  # fmt: skip
+            note = f"{len(group.diverged)} diverged" if group.diverged else ""
+            rows.append(Row(label, {m: group.mean(m) for m in VARIANT_METRICS}, comparisons, note))
+            if group is baseline or group is plain or plain is None:
+                continue
+            against = {
+                m: findings.compare(
+                    "variants", setting, group, plain, m, arm_label=label,
+                    baseline_label=plain_label,
+                )
+                for m in PLAIN_METRICS
+            }  # fmt: skip
+            sentences.append(
+                f"{label}: against {plain_label} it {_words(against['nll'], 'nll')}, "
+                f"after temperature scaling of both {_words(against['ts_nll'], 'nll')}, and "
+                f"{_words(against['accuracy'], 'accuracy')}; against the baseline it "
+                f"{_words(comparisons['nll'], 'nll')} and "
+                f"{_words(comparisons['accuracy'], 'accuracy')}."
+            )
+            found = [
+                ("after temperature scaling " if metric == "ts_nll" else "")
+                + _words(comparison, metric)
+                for metric, comparison in against.items()
+                if comparison.significant
+            ]
+            if found:
+                differences.append(f"{label} {', '.join(found)}")
+        findings.sections[f"variants:{setting}"] = {
+            "rows": rows,
+            "sentences": sentences,
+            "differences_from_plain": differences,
+            "plain_label": plain_label,
+            "count": sum(1 for g in by_name.values() if g is not baseline and g is not plain),
+        }
+
+
+def variants_sentence(findings: Findings, setting: str = "main") -> str:
+    """What the variants add to the verdict: every detectable difference from plain smoothing
+    at eps=0.1, with how many intervals were looked at (several exclude 0 by chance alone)."""
+    section = findings.sections.get(f"variants:{setting}")
+    if section is None or not section["count"] or section["plain_label"] is None:
+        return ""
+    count, plain = section["count"], section["plain_label"]
+    differences = section["differences_from_plain"]
+    if not differences:
+        return (
+            f"No variant ({count} at their papers' default strengths) differed detectably "
+            f"from {plain} in NLL (before or after temperature scaling) or accuracy."
+        )
+    return (
+        f"Variants at their papers' default strengths, against {plain}: "
+        + "; ".join(differences)
+        + f" ({count} variants x {len(PLAIN_METRICS)} metrics were compared, so about one "
+        "interval in 20 excludes 0 by chance alone)."
+    )
+
+
 def analyse(records: Sequence[dict[str, Any]], seeds: Sequence[int]) -> Findings:
     """Every comparison, choice and sentence of a study's finished runs."""
     groups = group_results(records)
@@ -924,7 +1011,12 @@ def analyse(records: Sequence[dict[str, Any]], seeds: Sequence[int]) -> Findings
     analyse_noise(findings, groups)
     analyse_distillation(findings, groups)
     analyse_multilabel(findings, groups)
+    analyse_variants(findings, groups)
     findings.recommendation = recommend(findings)
+    extra = variants_sentence(findings)
+    if extra:
+        findings.recommendation["variants"] = extra
+        findings.recommendation["text"] += " " + extra
     findings.sections["groups"] = {"groups": groups}
     return findings
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from .findings import (
     METRICS,
+    VARIANT_METRICS,
     VERDICT_METRICS,
     Findings,
     Group,
@@ -40,6 +41,7 @@ SWEEP_METRICS = (*VERDICT_METRICS, "confidence", "logit_gap", "theoretical_gap",
 _EXTRA_LABELS = {
     "confidence": ("confidence", 3),
     "logit_gap": ("logit gap", 2),
+    "ts_nll": ("NLL after TS", 3),
     "theoretical_gap": ("theor. gap", 2),
     "best_epoch": ("kept epoch", 1),
 }
@@ -552,6 +554,20 @@ def render_report(directory: str | Path) -> dict[str, Any]:
             "n_test": info.get("n_test", "?"),
             "figures": multilabel_figures(store, findings, writer),
         }
+    variants = []
+    for setting in ("main", "overconfident"):
+        section = findings.sections.get(f"variants:{setting}")
+        if section is not None:
+            info = settings.get(setting, {})
+            variants.append(
+                {
+                    **section,
+                    "description": info.get("description", setting),
+                    "n_train": info.get("n_train", "?"),
+                    "n_val": info.get("n_val", "?"),
+                    "n_test": info.get("n_test", "?"),
+                }
+            )
     runs = payload["runs"]
     meta = {
         "dataset": study.get("dataset", config.get("dataset")),
@@ -597,6 +613,8 @@ def render_report(directory: str | Path) -> dict[str, Any]:
             noise=noise,
             distillation=distillation,
             multilabel=multilabel,
+            variants=variants,
+            variant_metrics=list(VARIANT_METRICS),
         )
     )
     atomic_write_bytes(directory / "report.html", page.encode())

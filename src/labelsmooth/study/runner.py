@@ -39,7 +39,7 @@ import torch
 
 from .. import __version__
 from .config import ConfigError, StudyConfig
-from .experiments import Arrays, Run, RunContext, timed
+from .experiments import VARIANT_ARMS, Arrays, Run, RunContext, timed
 from .train import TrainingDivergedError
 
 
@@ -385,7 +385,8 @@ def _record_problem(record: Any) -> str | None:
     for name, allowed in required.items():
         value = params.get(name)
         if not (_is_number(value) or (isinstance(value, str) and value in allowed)):
-            return f"params.{name} must be a number, got {_kind(value)}"
+            expected = "one of " + ", ".join(allowed) if name == "variant" else "a number"
+            return f"params.{name} must be {expected}, got {_kind(value)}"
     metrics = record.get("metrics")
     if metrics is not None and (
         not isinstance(metrics, dict)
@@ -406,6 +407,8 @@ _PARAMS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
     ("distillation", "teacher"): {"teacher_eps": ()},
     ("distillation", "student"): {"teacher_eps": ("labels",), "temperature": ()},
     ("multilabel", "main"): {"eps": (), "style": ("none", "uniform", "others")},
+    ("variants", "main"): {"variant": tuple(VARIANT_ARMS)},
+    ("variants", "overconfident"): {"variant": tuple(VARIANT_ARMS)},
 }
 
 

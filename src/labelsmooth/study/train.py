@@ -103,6 +103,7 @@ def train_classifier(
     validation: tuple[Tensor, Tensor] | None = None,
     select: str = "accuracy",
     score_fn: ScoreFn = classification_score,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Trains ``model`` in place on (x_train, y_train) with ``loss_fn(logits, target)``.
 
@@ -117,6 +118,10 @@ def train_classifier(
     its examples; the loss is rescaled by ``N * local / batch`` so that DDP's gradient average
     is the gradient of the whole batch's mean, as in a single process. Every rank scores the
     whole validation set with identical weights, so all ranks keep the same epoch.
+
+    ``on_epoch_end(epoch)`` is called after each epoch's updates, before validation (e.g. the
+    ``epoch_end()`` of :class:`labelsmooth.variants.OnlineLabelSmoothing`, whose soft targets
+    come from the previous epoch).
 
     Raises:
         TrainingDivergedError: a non-finite loss, weight or validation output.
@@ -155,6 +160,8 @@ def train_classifier(
             optimiser.step()
         if not bool(finite) or not _finite_parameters(model):
             raise TrainingDivergedError(f"non-finite training loss or weights in epoch {epoch}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
         if validation is None:
             continue
         logits = predict_logits(model, validation[0])
