@@ -105,6 +105,18 @@ def _make_case(index: int, num_classes: int, dtype: torch.dtype = torch.float64)
     }
 
 
+def _excluding_case(index: int, num_classes: int, exclude, weight_mode: str) -> dict:
+    """A case of CASES with ``exclude_classes`` and ``weight_mode`` added; labels in an
+    excluded class are ignored (``"others"`` refuses them)."""
+    case = _make_case(index, num_classes)
+    case["name"] += f" exclude_classes={exclude} weight_mode={weight_mode!r}"
+    case["kwargs"] = {**case["kwargs"], "exclude_classes": exclude, "weight_mode": weight_mode}
+    if exclude is not None:
+        excluded = torch.isin(case["target"], torch.tensor(exclude))
+        case["target"] = case["target"].masked_fill(excluded, case["kwargs"]["ignore_index"])
+    return case
+
+
 def _scalar(out, case: dict, reduction: str) -> torch.Tensor:
     """One scalar whose backward sends distinct upstream gradients to loss and nll."""
     loss, nll = out if isinstance(out, tuple) else (out, None)
@@ -236,6 +248,12 @@ def _worker_jobs(world: int) -> list[tuple[str, Callable[[int, int], None]]]:
                 lambda r, w, c=case, t=low, g=grad_tol: _run_case(c, sizes, r, tol=t, grad_tol=g),
             )
         )
+    # exclude_classes (global indices on the first and last shard) and weight_mode="sample".
+    for index in range(0, len(CASES), 7):
+        for exclude, weight_mode in [([0, num_classes - 1], "pytorch"), (None, "sample"),
+                                     ([num_classes // 2], "sample")]:  # fmt: skip
+            case = _excluding_case(index, num_classes, exclude, weight_mode)
+            jobs.append((case["name"], lambda r, w, c=case: _run_case(c, sizes, r)))
     jobs.append(("megatron naive", lambda r, w: _check_naive_differs(r, w, sizes)))
     for index in range(6):
         jobs.append((f"linear {index}", lambda r, w, i=index: _check_linear(r, sizes, i)))
@@ -391,6 +409,9 @@ DIFFERENT = [
     ("reduction", "sum", "mean"),
     ("return_nll", True, False),
     ("validate", False, True),
+    ("exclude_classes", [0], None),
+    ("exclude_classes", [0, 2], [0, 1]),
+    ("weight_mode", "sample", "pytorch"),
 ]
 # One rank's argument that is invalid: (name, value on the last rank, its error, its match).
 INVALID = [
@@ -401,6 +422,9 @@ INVALID = [
     ("ignore_index", 1.5, TypeError, "ignore_index must be an int"),
     ("return_nll", 1, TypeError, "return_nll must be a bool"),
     ("validate", "yes", TypeError, "validate must be a bool"),
+    ("exclude_classes", [1, 1], ValueError, "exclude_classes must not repeat a class"),
+    ("exclude_classes", 1, TypeError, "exclude_classes must be None, a sequence of ints"),
+    ("weight_mode", "class", ValueError, "weight_mode must be one of"),
     ("target", [0, 1, 2, 1], TypeError, "target must be a torch.Tensor"),
     ("target", "float", TypeError, "target must hold integer class indices"),
     ("local_logits", "long", TypeError, "local_logits must be a floating-point tensor"),
@@ -687,6 +711,19 @@ ERRORS = [
     ({"return_nll": 1}, TypeError, r"return_nll must be a bool, got return_nll=1"),
     ({"validate": "yes"}, TypeError, r"validate must be a bool"),
     ({"group": object()}, RuntimeError, r"torch.distributed is not initialised"),
+    ({"exclude_classes": [5]}, ValueError, r"exclude_classes must hold class indices in \[0, 4\]"),
+    ({"exclude_classes": [-1]}, ValueError, r"exclude_classes must hold class indices >= 0"),
+    (
+        {"exclude_classes": [Y[0].item()], "style": "others"},
+        ValueError,
+        r"target contains class .* which is in exclude_classes",
+    ),
+    (
+        {"exclude_classes": [0, 1, 2], "prior": torch.tensor([0.5, 0.25, 0.25, 0.0, 0.0])},
+        ValueError,
+        r"prior must put some mass on the classes not in exclude_classes",
+    ),
+    ({"weight_mode": "per-class"}, ValueError, r"weight_mode must be one of 'pytorch', 'sample'"),
 ]
 
 
@@ -758,3 +795,22 @@ def test_example_with_torchrun():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "match" in result.stdout
+
+
+def test_linear_exclude_classes_and_sample_weights_single_process():
+    g = torch.Generator().manual_seed(12)
+    hidden = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    proj = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(7, generator=g, dtype=torch.float64) + 0.2
+    target = torch.tensor([1, 2, 0, 3, 6, 0])
+    options = dict(
+        style="others", weight=weight, weight_mode="sample", exclude_classes=[0],
+        ignore_index=0,
+    )  # fmt: skip
+    loss = lsd.vocab_parallel_linear_cross_entropy(hidden, proj, target, 0.2, **options)
+    got = torch.autograd.grad(loss, (hidden, proj))
+    ref = ls.cross_entropy(hidden @ proj.T, target, 0.2, impl="reference", **options)
+    want = torch.autograd.grad(ref, (hidden, proj))
+    torch.testing.assert_close(loss, ref)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)

@@ -689,6 +689,18 @@ def test_triton_interp_matches_reference(style, reduction, z_loss, softcap, bias
 
 
 @needs_interpreter
+@pytest.mark.parametrize("style", ["uniform", "others", "prior"])
+def test_triton_interp_exclude_classes(style):
+    # exclude_classes is a vector offset (zero on the excluded classes) for either style.
+    hidden, weight, b, target = _problem(n=37, h=21, v=35, dtype=torch.float64)
+    target = target.masked_fill((target == 0) | (target == 17), -100)
+    _assert_matches(
+        "triton", hidden, weight, b, target, reduction="mean", exclude_classes=[0, 17],
+        **_style_kwargs(style, 35),
+    )  # fmt: skip
+
+
+@needs_interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_interp_low_precision(dtype):
     hidden, weight, b, target = _problem(n=20, h=16, v=40, dtype=torch.float32, shape=(4, 5))

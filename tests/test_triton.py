@@ -107,6 +107,13 @@ CASES = [
     dict(style="uniform", eps=0.0, reduction="mean"),
     dict(style="uniform", eps=1.0, weighted=True, reduction="none"),
     dict(style="others", eps=-0.3, reduction="mean"),
+    # exclude_classes: a vector offset with either style (labels in it are ignored below).
+    dict(style="others", exclude_classes=[0, 7], kl=True, reduction="sum"),
+    dict(style="uniform", exclude_classes=[3], weighted=True, reduction="none", z_loss=0.1),
+    dict(prior=True, exclude_classes=[5, 19], reduction="mean", softcap=3.0),
+    # weight_mode="sample": the unweighted rows times w[y] outside the kernel.
+    dict(style="others", weighted=True, weight_mode="sample", reduction="mean"),
+    dict(style="uniform", weighted=True, weight_mode="sample", kl=True, reduction="none"),
 ]
 
 
@@ -126,6 +133,9 @@ def test_triton_equals_reference(case, nll_weight):
     if case.pop("weighted", False):
         case["weight"] = (torch.rand(num_classes, generator=generator) + 0.1).to(DEVICE)
     case.setdefault("eps", 0.15)
+    if "exclude_classes" in case:  # no label in an excluded class ("others" refuses one)
+        excluded = torch.tensor(case["exclude_classes"], device=target.device)
+        target = target.masked_fill(torch.isin(target, excluded), -100)
     _compare(logits, target, upstream, nll_weight=nll_weight, **case)
 
 

@@ -520,3 +520,190 @@ def check_linear_head(
             f"target must be on the device of hidden ({hidden.device}), got device={target.device}"
         )
     return hidden, weight, bias, target
+
+
+# --- exclude_classes and weight_mode: used by targets, functional, kernels.linear and nn ------
+
+WEIGHT_MODES = ("pytorch", "sample")
+
+
+def check_weight_mode(weight_mode: object) -> str:
+    """``"pytorch"`` (class weights on every term, as PyTorch) or ``"sample"`` (w[y] per
+    element)."""
+    return check_choice("weight_mode", weight_mode, WEIGHT_MODES)
+
+
+def check_exclude_classes(
+    value: object,
+    num_classes: int | None,
+    style: str,
+    eps: float | None,
+    name: str = "exclude_classes",
+) -> tuple[int, ...] | None:
+    """Class indices that receive no smoothing mass, returned sorted as a tuple of ints
+    (``None`` for ``None`` or an empty sequence).
+
+    A sequence of ints or a 1-D integer tensor (read on the host: it is a setting, like
+    ``ignore_index``); every index in [0, K), none twice, and not all classes: ``"uniform"``
+    keeps at least one class to spread eps over, ``"others"`` (with eps != 0) at least two
+    (the label and one other). With ``"others"`` eps is bounded by (K'-1)/K', K' the number of
+    kept classes, as it is by (K-1)/K without exclusion (the label keeps the most mass).
+    """
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.dtype not in _INTEGER_DTYPES:
+            raise TypeError(
+                f"{name} must hold integer class indices, got a tensor of dtype={value.dtype}"
+            )
+        if value.dim() != 1:
+            raise ValueError(
+                f"{name} must be a 1-D tensor (or a sequence) of class indices, "
+                f"got shape {tuple(value.shape)}"
+            )
+        if tracing(value):
+            raise ValueError(
+                f"{name} must be readable on the host (a sequence of ints or an eager tensor), "
+                f"got a tensor traced by torch.compile or a torch.func transform"
+            )
+        items: list[object] = list(value.tolist())
+    elif isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, range)):
+        raise TypeError(
+            f"{name} must be None, a sequence of ints or a 1-D integer tensor, got {value!r}"
+        )
+    else:
+        items = list(value)
+    indices: list[int] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+            raise TypeError(f"{name} must hold ints (class indices), got {item!r} in {name}")
+        index = int(item)
+        if num_classes is None:
+            if index < 0:
+                raise ValueError(f"{name} must hold class indices >= 0, got {index}")
+        elif not 0 <= index < num_classes:
+            raise ValueError(
+                f"{name} must hold class indices in [0, {num_classes - 1}] "
+                f"(num_classes={num_classes}), got {index}"
+            )
+        if index in indices:
+            raise ValueError(f"{name} must not repeat a class, got {index} twice")
+        indices.append(index)
+    if not indices:
+        return None
+    if num_classes is None:
+        return tuple(sorted(indices))
+    kept = num_classes - len(indices)
+    if kept < 1:
+        raise ValueError(
+            f"{name} must leave at least one class to receive the smoothing mass, got all "
+            f"{num_classes} classes"
+        )
+    if style == "others" and eps is not None and eps != 0:
+        if kept < 2:
+            raise ValueError(
+                f"style='others' spreads eps over the other classes that are not excluded and "
+                f"needs at least two classes left by {name}, got {kept} of "
+                f"num_classes={num_classes} (eps={eps})"
+            )
+        bound = (kept - 1) / kept
+        if eps > bound * (1 + _BOUND_SLACK) + _BOUND_SLACK:
+            raise ValueError(
+                f"eps must be <= {bound:.6g} for style='others' with {kept} classes left by "
+                f"{name} (num_classes={num_classes}), got eps={eps}"
+            )
+    return tuple(sorted(indices))
+
+
+def check_excluded_labels(
+    target: Tensor, valid: Tensor | None, exclude: tuple[int, ...], name: str = "exclude_classes"
+) -> None:
+    """With ``style="others"`` no non-ignored label may be an excluded class (host sync):
+    the row's target would not be 1 - eps on its label and eps/(K'-1) elsewhere."""
+    if target.numel() == 0:
+        return
+    excluded = torch.tensor(exclude, dtype=torch.int64, device=target.device)
+    hit = torch.isin(target, excluded)
+    if valid is not None:
+        hit &= valid
+    if bool(hit.any()):
+        bad = int(target[hit].flatten()[0])
+        raise ValueError(
+            f"target contains class {bad}, which is in {name}={list(exclude)}: with "
+            f"style='others' a label must be a class that is smoothed (ignore those elements "
+            f"with ignore_index={bad}, or use style='uniform', where this is defined)"
+        )
+
+
+def check_prior_on_kept(prior: Tensor | None, exclude: tuple[int, ...] | None) -> None:
+    """With ``exclude_classes`` a prior is renormalised over the kept classes, so it must put
+    some mass on them (host sync; skipped while :func:`tracing`)."""
+    if prior is None or not exclude or tracing(prior):
+        return
+    keep = torch.ones(prior.shape[0], dtype=torch.bool, device=prior.device)
+    keep[list(exclude)] = False
+    if not float(prior[keep].sum()) > 0:
+        raise ValueError(
+            f"prior must put some mass on the classes not in exclude_classes={list(exclude)} "
+            f"(it is renormalised over them), got prior={_short(prior)}"
+        )
+
+
+def is_eps_rows(eps: object) -> bool:
+    """Whether ``eps`` is a tensor of per-element rates (more than one element); a 0-dim or
+    1-element tensor is a number (:func:`check_real`)."""
+    return isinstance(eps, Tensor) and eps.numel() != 1
+
+
+def check_eps_rows(
+    eps: Tensor,
+    batch_shape: Sequence[int],
+    num_classes: int,
+    style: str,
+    *,
+    kl: bool,
+    exclude: tuple[int, ...] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """Per-element smoothing rates: a floating tensor of the batch shape, returned flat
+    (M,) in ``dtype``. Every rate must satisfy the range :func:`check_eps` gives a number
+    (``"others"`` with K' kept classes: <= (K'-1)/K'; >= 0 with ``kl``), values checked on
+    the host except while :func:`tracing`.
+    """
+    if not eps.is_floating_point():
+        raise TypeError(
+            f"eps must be a number or a floating tensor of rates, got dtype={eps.dtype}"
+        )
+    if tuple(eps.shape) != tuple(batch_shape):
+        raise ValueError(
+            f"eps must be a number or a tensor of per-element rates of the batch shape "
+            f"{tuple(batch_shape)} (the target's shape), got shape {tuple(eps.shape)}"
+        )
+    rows = eps.reshape(-1).to(device=device, dtype=dtype)
+    kept = num_classes - (len(exclude) if exclude else 0)
+    if style == "others" and kept < 2:
+        raise ValueError(
+            f"style='others' spreads eps over the other classes and needs at least two (not "
+            f"excluded) classes for per-element rates, got {kept}"
+        )
+    if rows.numel() == 0 or tracing(eps):
+        return rows
+    values = rows.detach()
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(
+            f"eps must be finite, got a rate of {float(values[~torch.isfinite(values)][0])}"
+        )
+    bound = eps_upper_bound(kept, style)
+    high = float(values.max())
+    if high > bound * (1 + _BOUND_SLACK) + _BOUND_SLACK:
+        what = f"num_classes={num_classes}" + (f" ({kept} not excluded)" if exclude else "")
+        raise ValueError(
+            f"eps must be <= {bound:.6g} for style={style!r} with {what}, got a rate of {high}"
+        )
+    if kl and float(values.min()) < 0:
+        raise ValueError(
+            f"eps must be >= 0 with kl=True (the smoothed target must be a distribution), "
+            f"got a rate of {float(values.min())}"
+        )
+    return rows

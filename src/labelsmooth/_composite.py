@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._problem import CrossEntropyProblem
-from .targets import smooth_labels, smoothing_coefficients
+from .targets import smooth_labels
 
 __all__ = ["closed_form", "reference"]
 
@@ -25,6 +25,13 @@ def _scale(coefficient: float | Tensor, values: Tensor) -> Tensor:
     if coefficient == 0:
         return torch.zeros_like(values)
     return coefficient * values
+
+
+def _scale_rows(coefficient: Tensor, values: Tensor) -> Tensor:
+    """coefficient * values per row with 0 * inf := 0, differentiable in ``coefficient`` at 0
+    too (the derivative is ``values`` where finite): for per-element rates of eps."""
+    safe = torch.where((coefficient == 0) & ~torch.isfinite(values), 0.0, values)
+    return coefficient * safe
 
 
 def _dense_cross_entropy(
@@ -62,9 +69,20 @@ def reference(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, Ten
         plain = problem.target.to(problem.compute_dtype)
     else:
         plain = F.one_hot(problem.target, problem.num_classes).to(problem.compute_dtype)
-    smoothed = smooth_labels(
-        plain, problem.num_classes, problem.eps, style=problem.style, prior=problem.prior
-    )
+    if problem.eps_rows is not None:
+        # Per-element rates: onehot + eps_i (b1 + (alpha1 - 1) onehot), the unit-rate affine map.
+        alpha1, offset1 = problem.coefficients()
+        rates = problem.eps_rows[:, None]
+        smoothed = plain + rates * (offset1 + (alpha1 - 1.0) * plain)
+    else:
+        smoothed = smooth_labels(
+            plain,
+            problem.num_classes,
+            problem.eps,
+            style=problem.style,
+            prior=problem.prior,
+            exclude_classes=problem.exclude,
+        )
     loss = _dense_cross_entropy(log_probs, smoothed, problem.weight, problem.kl)
     nll = _dense_cross_entropy(log_probs, plain, problem.weight, False) if need_nll else None
     return _add_z_loss(loss, logits, problem), nll
@@ -88,20 +106,38 @@ def closed_form(problem: CrossEntropyProblem, need_nll: bool) -> tuple[Tensor, T
         nll = _scale(weight[problem.target], nll)
     if problem.eps == 0:
         return _add_z_loss(nll, logits, problem), nll
-    alpha, offset = smoothing_coefficients(
-        problem.eps, problem.num_classes, problem.style, problem.prior
-    )
-    loss = _scale(alpha, nll)
+    alpha, offset = problem.coefficients()
+    rates = problem.eps_rows
+    if rates is not None:
+        # Per-element rates scale the unit-rate coefficients: alpha_i = 1 - eps_i (1 - alpha1),
+        # b_i = eps_i b1 (see CrossEntropyProblem).
+        alpha = 1.0 - rates * (1.0 - alpha)
+        loss = _scale_rows(alpha, nll)
+    else:
+        loss = _scale(alpha, nll)
     smoothing = offset if weight is None else offset * weight
     if isinstance(smoothing, Tensor):
         # logp = -inf on a class of zero target mass must add 0, not 0 * -inf = nan.
         # (Always while tracing: the test would be a host sync.)
         if problem.traced or bool((smoothing == 0).any()):
             log_probs = torch.where(smoothing == 0, 0.0, log_probs)
-        loss = loss - log_probs @ smoothing
+        term = -(log_probs @ smoothing)
     else:
-        loss = loss - smoothing * log_probs.sum(-1)
-    if problem.kl:
+        term = -smoothing * log_probs.sum(-1)
+    loss = loss + (term if rates is None else _scale_rows(rates, term))
+    if problem.kl and rates is not None:
+        dtype, device = problem.compute_dtype, log_probs.device
+        off = rates[:, None] * torch.as_tensor(offset, dtype=dtype, device=device)
+        off = off.expand(-1, problem.num_classes)
+        entropy = torch.xlogy(off, off)
+        off_y = off.gather(1, problem.target.unsqueeze(1)).squeeze(1)
+        on_y = alpha + off_y
+        on_minus_off = torch.xlogy(on_y, on_y) - torch.xlogy(off_y, off_y)
+        if weight is not None:
+            entropy = entropy * weight
+            on_minus_off = on_minus_off * weight[problem.target]
+        loss = loss + entropy.sum(-1) + on_minus_off
+    elif problem.kl:
         dtype, device = problem.compute_dtype, log_probs.device
         off = torch.as_tensor(offset, dtype=dtype, device=device).expand(problem.num_classes)
         off_entropy = torch.xlogy(off, off)

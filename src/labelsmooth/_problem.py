@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import _checks
+from .targets import smoothing_coefficients
 
 __all__ = ["CrossEntropyProblem", "Implementation", "prepare"]
 
@@ -41,6 +42,18 @@ class CrossEntropyProblem:
     While ``traced`` (inside ``torch.compile`` or a ``torch.func`` transform, see
     :func:`labelsmooth._checks.tracing`) the indices are treated the same way, unchecked, and
     implementations must not read tensor values on the host.
+
+    ``exclude`` holds the sorted ``exclude_classes`` (classes without smoothing mass), which
+    every implementation takes through :meth:`coefficients`. ``weight_mode="sample"`` is
+    stored as ``weight=None`` and ``row_weight`` (M,) = w[y] (ignored rows: anything): the
+    implementations compute the unweighted rows, and the reduction multiplies them by
+    ``row_weight`` and divides ``"mean"`` by its sum over non-ignored rows.
+
+    Per-element smoothing rates are stored as ``eps_rows`` (M,) in ``compute_dtype`` with
+    ``eps = 1.0``: :meth:`coefficients` then gives the unit-rate ``(alpha1, b1)``, and row i's
+    target is ``onehot + eps_i (b1 + (alpha1 - 1) onehot)`` (both styles are linear in eps).
+    Only the composite implementations read ``eps_rows``; the fused kernels hand such a
+    problem to the closed form.
     """
 
     logits: Tensor
@@ -60,6 +73,22 @@ class CrossEntropyProblem:
     inplace: bool = False
     traced: bool = False
     class_last: bool = True
+    exclude: tuple[int, ...] | None = None
+    row_weight: Tensor | None = None
+    eps_rows: Tensor | None = None
+
+    def coefficients(self) -> tuple[float, float | Tensor]:
+        """``(alpha, offset)`` of the smoothed target (:func:`smoothing_coefficients`), in
+        ``compute_dtype`` on the logits' device when ``offset`` is a vector."""
+        return smoothing_coefficients(
+            self.eps,
+            self.num_classes,
+            self.style,
+            self.prior,
+            self.exclude,
+            device=self.logits.device,
+            dtype=self.compute_dtype,
+        )
 
     @property
     def soft(self) -> bool:
@@ -74,7 +103,7 @@ Implementation = Callable[[CrossEntropyProblem, bool], tuple[Tensor, Tensor | No
 def prepare(
     input: Tensor,
     target: Tensor,
-    eps: float,
+    eps: float | Tensor,
     style: str,
     prior: Tensor | Sequence[float] | None,
     weight: Tensor | None,
@@ -86,6 +115,8 @@ def prepare(
     z_loss: float = 0.0,
     softcap: float | None = None,
     inplace: bool = False,
+    exclude_classes: Sequence[int] | Tensor | None = None,
+    weight_mode: str = "pytorch",
 ) -> CrossEntropyProblem:
     """Checks the arguments of :func:`labelsmooth.cross_entropy` (before any work) and
     flattens them to rows.
@@ -110,7 +141,13 @@ def prepare(
     num_classes = input.shape[class_dim]
     if num_classes < 1:
         raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
-    eps = _checks.check_eps(eps, num_classes, style, kl=kl)
+    per_element = _checks.is_eps_rows(eps)
+    if not per_element:
+        eps = _checks.check_eps(eps, num_classes, style, kl=kl)
+    exclude = _checks.check_exclude_classes(
+        exclude_classes, num_classes, style, None if per_element else eps
+    )
+    weight_mode = _checks.check_weight_mode(weight_mode)
     index_shape = input.shape[:class_dim] + input.shape[class_dim + 1 :]
     soft = target.shape == input.shape
     if soft and not target.is_floating_point():
@@ -138,12 +175,24 @@ def prepare(
             f"got ignore_index={ignore_index}"
         )
     dtype = _checks.compute_dtype(input.dtype)
+    eps_rows = None
+    if per_element:
+        assert isinstance(eps, Tensor)
+        eps_rows = _checks.check_eps_rows(
+            eps, index_shape, num_classes, style, kl=kl, exclude=exclude, device=input.device,
+            dtype=dtype,
+        )  # fmt: skip
+        eps = 1.0  # the unit rate: see CrossEntropyProblem
     prior_t = _checks.check_prior(prior, num_classes, style, input.device, dtype)
     weight_t = _checks.check_weight(weight, num_classes, input.device, dtype)
-    traced = _checks.tracing(input, target, weight, prior)
+    traced = _checks.tracing(input, target, weight, prior, eps_rows)
     checked = validate and not traced
+    if not traced:
+        _checks.check_prior_on_kept(prior_t, exclude)
     if checked and not soft:
         _checks.check_class_indices(target, num_classes, ignore_index)
+        if exclude and style == "others" and eps != 0:
+            _checks.check_excluded_labels(target, target != ignore_index, exclude)
 
     logits = input.movedim(class_dim, -1).reshape(-1, num_classes)
     if soft:
@@ -157,6 +206,17 @@ def prepare(
             # Unchecked: a negative index other than ignore_index is out of range like one
             # >= K, never a class (no wrap-around) and never ignored (see the class docstring).
             rows = rows.masked_fill(rows < 0, num_classes)
+    row_weight = None
+    if weight_mode == "sample" and weight_t is not None:
+        if soft:
+            raise ValueError(
+                "weight_mode='sample' weights each element by the weight of its label and "
+                "needs class-index targets, got probability targets (use weight_mode='pytorch')"
+            )
+        # Out-of-range rows (unchecked) are clamped here only to index the weight; the
+        # implementation fails or marks them as for weight_mode="pytorch".
+        row_weight = weight_t[rows.clamp(0, num_classes - 1)]
+        weight_t = None
     return CrossEntropyProblem(
         logits=logits,
         target=rows,
@@ -175,4 +235,7 @@ def prepare(
         inplace=inplace,
         traced=traced,
         class_last=math.prod(input.shape[class_dim + 1 :]) == 1,
+        exclude=exclude,
+        row_weight=row_weight,
+        eps_rows=eps_rows,
     )

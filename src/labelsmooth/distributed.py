@@ -35,9 +35,10 @@ i.e. ``softmax_local * sum(w * t~) - (w * t~)_local``, scaled by the reduction.
 
 Collectives per call (only ones that gloo and NCCL both support):
 
-* forward: one ``all_gather`` of a small float64 vector per rank (81 values, 648 bytes: shard
+* forward: one ``all_gather`` of a small float64 vector per rank (84 values, 672 bytes: shard
   size, row count, a target checksum, the scalar arguments eps, style, ignore_index, reduction,
-  return_nll and validate, an error flag and the start of the error message), then one host
+  return_nll, validate and weight_mode, a checksum of exclude_classes, an error flag and the
+  start of the error message), then one host
   sync to read it. Every argument is checked *before* this collective and a rejection travels
   through it, so a bad argument on one rank raises on every rank (the others say which rank
   rejected what) instead of leaving them waiting in the next collective; and scalar arguments
@@ -45,7 +46,9 @@ Collectives per call (only ones that gloo and NCCL both support):
   on every rank, naming the argument and each rank's value. Then one ``all_reduce(MAX)`` of the
   row maxima (M values) and one ``all_reduce(SUM)`` of four numbers per row (:math:`S`,
   :math:`\sum_c \kappa_c z_c`, :math:`z_y` and :math:`w_y` from the rank owning y, zero
-  elsewhere);
+  elsewhere); ``exclude_classes`` together with ``prior`` or ``weight`` adds one
+  ``all_reduce(SUM)`` of two numbers (their sums over the kept classes), and
+  ``weight_mode="sample"`` with ``weight`` one ``all_reduce(SUM)`` of w_y (M values);
 * backward: none for :func:`vocab_parallel_cross_entropy`; one ``all_reduce(SUM)`` of the
   hidden-state gradient for :func:`vocab_parallel_linear_cross_entropy`.
 
@@ -78,7 +81,8 @@ __all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"
 _SHARD, _ROWS, _OK, _HAS_PRIOR, _HAS_WEIGHT = 0, 1, 2, 3, 4
 _PRIOR_SUM, _WEIGHT_SUM, _WEIGHT_PRIOR_SUM, _TARGET_SUM, _TARGET_MIX, _DTYPE = 5, 6, 7, 8, 9, 10
 _EPS, _STYLE, _IGNORE_INDEX, _REDUCTION, _RETURN_NLL, _VALIDATE = 11, 12, 13, 14, 15, 16
-_MESSAGE = 17
+_EXCLUDE_COUNT, _EXCLUDE_MIX, _WEIGHT_MODE = 17, 18, 19
+_MESSAGE = 20
 _MESSAGE_BYTES = 512  # 64 float64 slots
 _INFO_SIZE = _MESSAGE + _MESSAGE_BYTES // 8
 _CHECKSUM_PERIOD = 1009
@@ -120,7 +124,14 @@ def _collective_device(comm: _Comm, *candidates: object) -> torch.device:
 
 
 def _argument_info(
-    eps: float, style: str, ignore_index: int, reduction: str, return_nll: bool, validate: bool
+    eps: float,
+    style: str,
+    ignore_index: int,
+    reduction: str,
+    return_nll: bool,
+    validate: bool,
+    exclude: tuple[int, ...] | None = None,
+    weight_mode: str = "pytorch",
 ) -> Tensor:
     """The check vector (on the CPU) with _OK set and the checked scalar arguments encoded.
 
@@ -136,6 +147,12 @@ def _argument_info(
     info[_REDUCTION] = _checks.REDUCTIONS.index(reduction)
     info[_RETURN_NLL] = float(return_nll)
     info[_VALIDATE] = float(validate)
+    info[_WEIGHT_MODE] = _checks.WEIGHT_MODES.index(weight_mode)
+    if exclude:
+        info[_EXCLUDE_COUNT] = len(exclude)
+        info[_EXCLUDE_MIX] = float(
+            sum((i % _CHECKSUM_PERIOD + 1) * c for i, c in enumerate(exclude))
+        )
     return info
 
 
@@ -167,6 +184,17 @@ def _check_same_arguments(gathered: Tensor) -> None:
         "reduction": [repr(_checks.REDUCTIONS[int(c)]) for c in gathered[:, _REDUCTION].tolist()],
         "return_nll": [bool(c) for c in gathered[:, _RETURN_NLL].tolist()],
         "validate": [bool(c) for c in gathered[:, _VALIDATE].tolist()],
+        "weight_mode": [
+            repr(_checks.WEIGHT_MODES[int(c)]) for c in gathered[:, _WEIGHT_MODE].tolist()
+        ],
+        "exclude_classes": [
+            f"{int(n)} classes (checksum {m:.0f})"
+            for n, m in zip(
+                gathered[:, _EXCLUDE_COUNT].tolist(),
+                gathered[:, _EXCLUDE_MIX].tolist(),
+                strict=True,
+            )
+        ],
     }
     for name, values in columns.items():
         _checks.check_same_across_ranks(
@@ -332,6 +360,8 @@ def vocab_parallel_cross_entropy(
     return_nll: bool = False,
     group: object = None,
     validate: bool = True,
+    exclude_classes: Sequence[int] | Tensor | None = None,
+    weight_mode: str = "pytorch",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Label-smoothed cross-entropy of logits sharded along the vocabulary, exact on every rank.
 
@@ -358,11 +388,12 @@ def vocab_parallel_cross_entropy(
     allowed (generalised label smoothing; the loss is then unbounded below).
 
     Every rank must pass the same ``target``, ``eps``, ``style``, ``ignore_index``,
-    ``reduction``, ``return_nll`` and ``validate``: one small ``all_gather`` checks it, and a
-    difference raises ``ValueError`` on every rank. A rank whose arguments are rejected raises
-    its own error and makes every other rank raise ``ValueError`` ("rank r rejected its
-    arguments: ..."), so none is left waiting in a collective. There is no gradient for
-    ``weight`` and ``prior``, and no double backward (``create_graph=True`` raises).
+    ``reduction``, ``return_nll``, ``validate``, ``exclude_classes`` and ``weight_mode``: one
+    small ``all_gather`` checks it, and a difference raises ``ValueError`` on every rank. A
+    rank whose arguments are rejected raises its own error and makes every other rank raise
+    ``ValueError`` ("rank r rejected its arguments: ..."), so none is left waiting in a
+    collective. There is no gradient for ``weight`` and ``prior``, and no double backward
+    (``create_graph=True`` raises).
 
     Args:
         local_logits: this rank's logits, shape (..., V_r) — class dimension last; any
@@ -384,6 +415,12 @@ def vocab_parallel_cross_entropy(
             process).
         validate: check the class indices and (by a cheap checksum) that every rank has the
             same target; one host sync. The shard sizes are always gathered.
+        exclude_classes: GLOBAL class indices in [0, V) that receive no smoothing mass (as
+            in :func:`labelsmooth.cross_entropy`: the V' kept classes share eps, a prior is
+            renormalised over them); the same on every rank (checked with the other arguments).
+        weight_mode: ``"pytorch"`` (class weights on every term) or ``"sample"`` (each element's
+            loss times w_y, the smoothed target unchanged), as in
+            :func:`labelsmooth.cross_entropy`.
 
     Returns:
         The loss (float32 scalar for ``"mean"``/``"sum"``, float64 for float64 logits; for
@@ -419,6 +456,8 @@ def vocab_parallel_cross_entropy(
         reduction=reduction,
         return_nll=return_nll,
         validate=validate,
+        exclude_classes=exclude_classes,
+        weight_mode=weight_mode,
         comm=comm,
         device=_collective_device(comm, local_logits, target),
         dtype=local_logits.dtype if local_error is None else torch.float32,
@@ -441,6 +480,8 @@ def vocab_parallel_linear_cross_entropy(
     return_nll: bool = False,
     group: object = None,
     validate: bool = True,
+    exclude_classes: Sequence[int] | Tensor | None = None,
+    weight_mode: str = "pytorch",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Vocab-parallel output projection followed by :func:`vocab_parallel_cross_entropy`.
 
@@ -468,7 +509,8 @@ def vocab_parallel_linear_cross_entropy(
         target: (...) class indices into the global vocabulary, the same on every rank.
         eps: smoothing rate (range checked against the global vocabulary size).
         local_bias: (V_r,) this rank's slice of the output bias, or ``None``.
-        style, prior, weight, ignore_index, reduction, return_nll, group, validate: as in
+        style, prior, weight, ignore_index, reduction, return_nll, group, validate,
+        exclude_classes, weight_mode: as in
             :func:`vocab_parallel_cross_entropy` (``prior`` and the class weights ``weight``
             are this rank's shards, shape (V_r,)).
 
@@ -524,6 +566,8 @@ def vocab_parallel_linear_cross_entropy(
         reduction=reduction,
         return_nll=return_nll,
         validate=validate,
+        exclude_classes=exclude_classes,
+        weight_mode=weight_mode,
         comm=comm,
         device=_collective_device(comm, hidden, target),
         dtype=torch.float32 if local_logits is None else local_logits.dtype,
@@ -543,6 +587,8 @@ def _vocab_parallel_loss(
     reduction: object,
     return_nll: object,
     validate: object,
+    exclude_classes: object,
+    weight_mode: object,
     comm: _Comm,
     device: torch.device,
     dtype: torch.dtype,
@@ -558,6 +604,7 @@ def _vocab_parallel_loss(
     # its arguments still joins the all_gather, so every rank raises and none is left waiting in
     # a later collective. eps is checked against the global vocabulary size after the gather.
     prior_t = weight_t = None
+    exclude: tuple[int, ...] | None = None
     if local_error is None:
         try:
             _checks.check_index_dtype(target)
@@ -567,6 +614,9 @@ def _vocab_parallel_loss(
             validate = _checks.check_flag("validate", validate)
             ignore_index = _checks.check_int("ignore_index", ignore_index)
             eps = _checks.check_real("eps", eps)
+            weight_mode = _checks.check_weight_mode(weight_mode)
+            # Global class indices; their range is checked once V is known (after the gather).
+            exclude = _checks.check_exclude_classes(exclude_classes, None, style, eps)
             assert local_logits is not None
             shard = local_logits.shape[-1]
             compute = _checks.compute_dtype(dtype)
@@ -577,7 +627,9 @@ def _vocab_parallel_loss(
         except Exception as err:  # any local failure, not only bad values, must reach the others
             local_error = err
     if local_error is None:
-        info = _argument_info(eps, style, ignore_index, reduction, return_nll, validate)
+        info = _argument_info(
+            eps, style, ignore_index, reduction, return_nll, validate, exclude, weight_mode
+        )
         info[_SHARD] = shard
         info[_ROWS] = target.numel()
         info[_HAS_PRIOR] = float(prior is not None)
@@ -643,21 +695,37 @@ def _vocab_parallel_loss(
     if num_classes < 1:
         raise ValueError(f"the vocabulary must have at least one class, got shard sizes {sizes}")
     eps = _checks.check_eps(eps, num_classes, style)
+    exclude = _checks.check_exclude_classes(exclude, num_classes, style, eps)
     if prior_t is not None:
         _checks.check_prior_total(sum(column[_PRIOR_SUM]))
     if validate:
         _checks.check_class_indices(target, num_classes, ignore_index)
+        if exclude and style == "others" and eps != 0:
+            _checks.check_excluded_labels(target, target != ignore_index, exclude)
 
+    start = sum(sizes[: comm.rank])
+    # weight_mode="sample": the rows are computed unweighted and multiplied by w_y below.
+    sample = weight_mode == "sample" and weight_t is not None
+    class_weight = None if sample else weight_t
     # kappa_c = w_c * b_c on this shard, and its total C over the vocabulary.
-    alpha, offset = smoothing_coefficients(eps, num_classes, style, prior_t)
-    if prior_t is not None:
-        kappa: float | Tensor = offset if weight_t is None else offset * weight_t
-        total = sum(column[_PRIOR_SUM if weight_t is None else _WEIGHT_PRIOR_SUM])
-        kappa_total = eps * total
+    kappa: float | Tensor
+    if exclude:
+        alpha, kappa, kappa_total = _excluded_kappa(
+            eps, style, num_classes, exclude, start, shard, prior_t, class_weight, comm, compute,
+            device,
+        )  # fmt: skip
     else:
-        assert not isinstance(offset, Tensor)
-        kappa = offset if weight_t is None else offset * weight_t
-        kappa_total = offset * (num_classes if weight_t is None else sum(column[_WEIGHT_SUM]))
+        alpha, offset = smoothing_coefficients(eps, num_classes, style, prior_t)
+        if prior_t is not None:
+            kappa = offset if class_weight is None else offset * class_weight
+            total = sum(column[_PRIOR_SUM if class_weight is None else _WEIGHT_PRIOR_SUM])
+            kappa_total = eps * total
+        else:
+            assert not isinstance(offset, Tensor)
+            kappa = offset if class_weight is None else offset * class_weight
+            kappa_total = offset * (
+                num_classes if class_weight is None else sum(column[_WEIGHT_SUM])
+            )
 
     flat_target = target.reshape(-1).to(torch.int64)
     valid = flat_target != ignore_index
@@ -666,19 +734,77 @@ def _vocab_parallel_loss(
         local_logits.reshape(target.numel(), shard),
         rows,
         valid,
-        sum(sizes[: comm.rank]),
+        start,
         alpha,
         kappa,
         kappa_total,
-        weight_t,
+        class_weight,
         comm,
         compute,
     )
+    if sample:
+        assert weight_t is not None
+        owned = valid & (rows >= start) & (rows < start + shard)
+        if shard:
+            picked = weight_t[(rows - start).clamp(0, shard - 1)]
+            w_y = torch.where(owned, picked, 0.0)
+        else:
+            w_y = torch.zeros(rows.shape, dtype=compute, device=rows.device)
+        w_y = comm.all_reduce(w_y.contiguous(), "sum")
+        loss = torch.where(w_y == 0, 0.0, loss * w_y)
+        nll = torch.where(w_y == 0, 0.0, nll * w_y)
     denominator = torch.where(valid, w_y, 0.0).sum() if weight_t is not None else valid.sum()
     reduced = _reduce(loss, valid, denominator, reduction, target.shape, dtype)
     if not return_nll:
         return reduced
     return reduced, _reduce(nll, valid, denominator, reduction, target.shape, dtype)
+
+
+def _excluded_kappa(
+    eps: float,
+    style: str,
+    num_classes: int,
+    exclude: tuple[int, ...],
+    start: int,
+    shard: int,
+    prior: Tensor | None,
+    weight: Tensor | None,
+    comm: _Comm,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[float, Tensor, float]:
+    """``(alpha, kappa, C)`` with ``exclude_classes`` (global indices): this shard's
+    ``kappa_c = w_c b_c`` (0 on the excluded classes) and its total over the vocabulary.
+
+    ``b`` is :func:`smoothing_coefficients`'s offset with ``exclude`` (a prior renormalised over
+    the kept classes); the sums over the kept classes that a prior or weights need are
+    all-reduced (one collective of two numbers).
+    """
+    keep = torch.ones(shard, dtype=dtype, device=device)
+    local = [c - start for c in exclude if start <= c < start + shard]
+    if local:
+        keep[local] = 0.0
+    kept = num_classes - len(exclude)
+    if style == "uniform":
+        alpha, share = 1.0 - eps, eps / kept
+    elif eps == 0:
+        alpha, share = 1.0, 0.0
+    else:
+        alpha, share = 1.0 - eps * kept / (kept - 1), eps / (kept - 1)
+    if prior is None and weight is None:
+        return alpha, keep * share, share * kept
+    mass = keep if prior is None else prior * keep
+    weighted = mass if weight is None else mass * weight
+    sums = torch.stack([mass.sum(), weighted.sum()]).to(torch.float64)
+    kept_mass, kept_weighted = comm.all_reduce(sums, "sum").tolist()
+    if prior is None:
+        return alpha, weighted * share, share * kept_weighted
+    if not kept_mass > 0:
+        raise ValueError(
+            f"prior must put some mass on the classes not in exclude_classes={list(exclude)} "
+            f"(it is renormalised over them), got 0 over all shards"
+        )
+    return alpha, weighted * (eps / kept_mass), eps * kept_weighted / kept_mass
 
 
 def _reduce(

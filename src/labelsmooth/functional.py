@@ -159,6 +159,8 @@ def _native_applies(
     softcap: object,
     inplace: object,
     validate: object,
+    exclude_classes: object = None,
+    weight_mode: object = "pytorch",
 ) -> bool:
     """Whether ``impl="auto"`` hands this call to :func:`_native_cross_entropy`: the common
     case, decided from Python values and tensor metadata only (no tensor is read).
@@ -180,6 +182,9 @@ def _native_applies(
         type(style) is str
         and style == "uniform"
         and prior is None
+        and exclude_classes is None
+        and type(weight_mode) is str
+        and (weight_mode == "pytorch" or (weight_mode == "sample" and weight is None))
         and kl is False
         and (return_nll is False or return_nll is True)
         and (validate is True or validate is False)
@@ -341,6 +346,8 @@ def auto_choice(input: Tensor, target: Tensor, eps: float = 0.1, **kwargs: objec
         "softcap": None,
         "inplace": False,
         "validate": True,
+        "exclude_classes": None,
+        "weight_mode": "pytorch",
     }
     unknown = set(kwargs) - set(arguments)
     if unknown:
@@ -362,6 +369,8 @@ def auto_choice(input: Tensor, target: Tensor, eps: float = 0.1, **kwargs: objec
         a["softcap"],
         a["inplace"],
         a["validate"],
+        a["exclude_classes"],
+        a["weight_mode"],
     ):
         weight = a["weight"]
         if weight is None or _positive_finite(weight, _NATIVE_COMPUTE_DTYPE[input.dtype]):
@@ -380,6 +389,8 @@ def auto_choice(input: Tensor, target: Tensor, eps: float = 0.1, **kwargs: objec
         z_loss=a["z_loss"],  # type: ignore[arg-type]
         softcap=a["softcap"],  # type: ignore[arg-type]
         inplace=a["inplace"],  # type: ignore[arg-type]
+        exclude_classes=a["exclude_classes"],  # type: ignore[arg-type]
+        weight_mode=a["weight_mode"],  # type: ignore[arg-type]
     )
     return auto_impl(problem)
 
@@ -404,10 +415,11 @@ def _warn_if_smoothed_twice(problem: CrossEntropyProblem) -> None:
         return
     smallest = float(target.detach().min())
     if smallest > 0:
+        rate = "the per-element eps" if problem.eps_rows is not None else f"eps={problem.eps:g}"
         warnings.warn(
             f"cross_entropy: every entry of the probability target is > 0 (smallest "
             f"{smallest:.4g}), so it looks smoothed already (e.g. by Mixup/CutMix with "
-            f"label_smoothing), and eps={problem.eps:g} smooths it again. Pass eps=0 to use the "
+            f"label_smoothing), and {rate} smooths it again. Pass eps=0 to use the "
             f"targets as they are, or silence this with warnings.filterwarnings('ignore', "
             f"category=labelsmooth.DoubleSmoothingWarning).",
             DoubleSmoothingWarning,
@@ -416,7 +428,11 @@ def _warn_if_smoothed_twice(problem: CrossEntropyProblem) -> None:
 
 
 def _reduce(values: Tensor, problem: CrossEntropyProblem, input_dtype: torch.dtype) -> Tensor:
-    """Applies the reduction; rows of ignored targets count as 0 and are not averaged."""
+    """Applies the reduction; rows of ignored targets count as 0 and are not averaged.
+    ``weight_mode="sample"``: each row times its ``row_weight`` w[y] first."""
+    if problem.row_weight is not None:
+        # 0 * inf := 0: a zero-weight element contributes nothing, as with weight_mode="pytorch".
+        values = torch.where(problem.row_weight == 0, 0.0, values * problem.row_weight)
     if problem.valid is not None:
         values = torch.where(problem.valid, values, 0.0)
     if problem.reduction == "none":
@@ -453,7 +469,7 @@ def _as_dtype(tensor: Tensor, dtype: torch.dtype) -> Tensor:
 def cross_entropy(
     input: Tensor,
     target: Tensor,
-    eps: float = 0.1,
+    eps: float | Tensor = 0.1,
     *,
     style: str = "uniform",
     prior: Tensor | Sequence[float] | None = None,
@@ -467,6 +483,8 @@ def cross_entropy(
     softcap: float | None = None,
     inplace: bool = False,
     validate: bool = True,
+    exclude_classes: Sequence[int] | Tensor | None = None,
+    weight_mode: str = "pytorch",
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Label-smoothed cross-entropy between logits and class indices or class probabilities.
 
@@ -478,6 +496,27 @@ def cross_entropy(
     * ``style="others"``: :math:`(1-\epsilon) w_y (-\log p_y) + \frac{\epsilon}{K-1}
       \sum_{c \ne y} w_c (-\log p_c)` — fairseq's ``label_smoothed_nll_loss``;
     * ``prior`` (uniform only) replaces :math:`\epsilon/K` by :math:`\epsilon\,\pi_c`.
+    * ``exclude_classes`` (e.g. a padding token, as OpenNMT-py and the Annotated Transformer
+      do) gives the listed classes no smoothing mass; the K' = K - len(exclude_classes) kept
+      classes share it: ``"uniform"`` :math:`\epsilon/K'` on each kept class (so
+      :math:`1-\epsilon+\epsilon/K'` on a kept label, :math:`1-\epsilon` on an excluded
+      one); ``"others"`` :math:`1-\epsilon` on y and :math:`\epsilon/(K'-1)` on each kept
+      class other than y, eps <= (K'-1)/K'. With ``"others"`` a non-ignored label that is
+      itself excluded is a ``ValueError`` (``validate=True``; unchecked, its row gets the
+      affine target :math:`\alpha\,\mathrm{onehot}(y) + b` of
+      :func:`labelsmooth.smoothing_coefficients`, :math:`1-\epsilon K'/(K'-1)` on y). With
+      ``prior``, the prior is restricted to the kept classes and renormalised
+      (:math:`\epsilon\,\pi_c / \sum_{kept}\pi`; it must have mass on them). With
+      ``style="others"``, ``ignore_index`` = the padding index and ``kl=True`` this is
+      OpenNMT-py's ``LabelSmoothingLoss`` (KL divergence, ``"sum"``) and the Annotated
+      Transformer's ``LabelSmoothing`` criterion.
+    * ``weight_mode="sample"`` weights each element as a whole by its label's weight,
+      :math:`w_y \sum_c \tilde t_c (-\log p_c)` with the smoothed target unchanged (and
+      ``kl``/``z_loss`` terms inside the weighted element loss), where the default
+      ``"pytorch"`` weights every term by its own class (the formulas above, PyTorch's
+      rule). ``"mean"`` divides by :math:`\sum w_y` over non-ignored elements in both modes;
+      without ``weight`` both are the unweighted loss. ``"sample"`` needs class-index targets
+      when ``weight`` is given.
 
     That is :math:`\sum_c w_c \tilde t_c (-\log p_c)` with the smoothed target
     :math:`\tilde t` of :func:`labelsmooth.smooth_labels`; for hard labels it is computed in
@@ -560,7 +599,13 @@ def cross_entropy(
         input: logits of shape (C,), (N, C) or (N, C, d1, ..., dk); any floating dtype.
         target: class indices of shape (), (N) or (N, d1, ..., dk) (integer), or class
             probabilities with the shape of ``input`` (floating).
-        eps: smoothing rate. ``uniform``: eps <= 1; ``others``: eps <= (K-1)/K.
+        eps: smoothing rate. ``uniform``: eps <= 1; ``others``: eps <= (K-1)/K. Or a
+            floating tensor of per-element rates with the target's batch shape ((), (N) or
+            (N, d1, ..., dk)): element i is smoothed with its own eps_i (the same ranges, each
+            rate checked on the host unless traced). Per-element rates are computed by the
+            closed form (``"torch"``) whatever ``impl`` says (the fused kernels take one rate
+            per call so far; ``"reference"`` builds the dense target), and the loss is
+            differentiable with respect to them (``"torch"``, which ``"auto"`` runs).
         style: ``"uniform"`` (eps/K on every class) or ``"others"`` (eps/(K-1) on the others).
         prior: length-K distribution for ``"uniform"`` smoothing towards a class prior.
         weight: length-K class weights, as in ``F.cross_entropy``.
@@ -577,6 +622,10 @@ def cross_entropy(
         z_loss: coefficient λ >= 0 of the z-loss; 0 switches it off.
         softcap: ``None`` or s > 0, the soft-cap of the logits.
         inplace: allow the fused kernels to overwrite ``input`` with the gradient.
+        exclude_classes: class indices (a sequence of ints or a 1-D integer tensor, read on
+            the host) that receive no smoothing mass; unique, in [0, C), not all of them.
+        weight_mode: ``"pytorch"`` (default: the smoothing term weighted per class) or
+            ``"sample"`` (the element's whole loss times ``weight[y]``).
         validate: check that class indices are in range (one host sync; on CPU in the
             common case of ``"auto"`` it costs nothing, since ``F.cross_entropy`` checks them
             anyway and ours runs only to name a bad index when it raised), and for probability
@@ -602,6 +651,13 @@ def cross_entropy(
         tensor(0.5047)
         >>> cross_entropy(logits, target, eps=0.1, style="others")
         tensor(0.5589)
+        >>> cross_entropy(logits, target, eps=0.1, style="others", exclude_classes=[2])
+        tensor(0.5214)
+        >>> cross_entropy(logits, target, eps=torch.tensor([0.0, 0.2]), reduction="none")
+        tensor([0.2413, 0.6848])
+        >>> w = torch.tensor([1.0, 2.0, 1.0])
+        >>> cross_entropy(logits, target, eps=0.1, weight=w, weight_mode="sample")
+        tensor(0.5425)
     """
     if impl == "auto" and _native_applies(
         input,
@@ -618,6 +674,8 @@ def cross_entropy(
         softcap,
         inplace,
         validate,
+        exclude_classes,
+        weight_mode,
     ):
         native = _native_cross_entropy(
             input,
@@ -645,6 +703,8 @@ def cross_entropy(
         z_loss=z_loss,
         softcap=softcap,
         inplace=inplace,
+        exclude_classes=exclude_classes,
+        weight_mode=weight_mode,
     )
     return_nll = _checks.check_flag("return_nll", return_nll)
     implementation = _resolve_impl(impl)

@@ -58,7 +58,9 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
     Arguments are checked at construction as far as they can be without the logits (the
     range of ``eps`` for ``style="others"`` depends on K and is checked at the first call,
-    unless ``prior`` or ``weight`` already fixes K).
+    unless ``prior`` or ``weight`` already fixes K). ``exclude_classes`` and ``weight_mode``
+    are those of :func:`labelsmooth.cross_entropy` (e.g. ``exclude_classes=[pad],
+    ignore_index=pad, style="others"`` for OpenNMT-py's criterion).
 
     Example:
         >>> criterion = LabelSmoothingCrossEntropy(eps=0.1, ignore_index=0)
@@ -84,10 +86,13 @@ class LabelSmoothingCrossEntropy(nn.Module):
         softcap: float | None = None,
         inplace: bool = False,
         validate: bool = True,
+        exclude_classes: Sequence[int] | Tensor | None = None,
+        weight_mode: str = "pytorch",
     ) -> None:
         super().__init__()
         self.style = _checks.check_style(style)
         self.kl = _checks.check_flag("kl", kl)
+        self.weight_mode = _checks.check_weight_mode(weight_mode)
         self.reduction = _checks.check_reduction(reduction)
         self.ignore_index = _checks.check_int("ignore_index", ignore_index)
         self.return_nll = _checks.check_flag("return_nll", return_nll)
@@ -102,6 +107,9 @@ class LabelSmoothingCrossEntropy(nn.Module):
         known = prior_t if prior_t is not None else weight_t
         num_classes = None if known is None else known.shape[0]
         self.eps = _checks.check_eps(eps, num_classes, self.style, kl=self.kl)
+        self.exclude_classes = _checks.check_exclude_classes(
+            exclude_classes, num_classes, self.style, self.eps
+        )
         if prior_t is not None:
             _checks.check_prior(
                 prior_t, prior_t.shape[0], self.style, prior_t.device, prior_t.dtype
@@ -131,6 +139,8 @@ class LabelSmoothingCrossEntropy(nn.Module):
             softcap=self.softcap,
             inplace=self.inplace,
             validate=self.validate,
+            exclude_classes=self.exclude_classes,
+            weight_mode=self.weight_mode,
         )
 
     def extra_repr(self) -> str:
@@ -139,6 +149,10 @@ class LabelSmoothingCrossEntropy(nn.Module):
             parts.append(f"prior=<{self.prior.shape[0]} classes>")
         if self.weight is not None:
             parts.append(f"weight=<{self.weight.shape[0]} classes>")
+        if self.weight_mode != "pytorch":
+            parts.append(f"weight_mode={self.weight_mode!r}")
+        if self.exclude_classes is not None:
+            parts.append(f"exclude_classes={list(self.exclude_classes)}")
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         for flag in ("kl", "return_nll"):
             if getattr(self, flag):
@@ -220,6 +234,8 @@ class LinearLabelSmoothingCrossEntropy(nn.Module):
 
     ``prior`` is registered as a buffer (it moves with ``.to()``); given, it fixes V and the
     range of ``eps`` is checked at construction, otherwise at the first call.
+    ``exclude_classes`` is that of :func:`labelsmooth.linear_cross_entropy` (no class weights
+    here, so no ``weight_mode`` either).
 
     Example:
         >>> criterion = LinearLabelSmoothingCrossEntropy(eps=0.1, softcap=30.0)
@@ -244,6 +260,7 @@ class LinearLabelSmoothingCrossEntropy(nn.Module):
         z_loss: float = 0.0,
         softcap: float | None = None,
         validate: bool = True,
+        exclude_classes: Sequence[int] | Tensor | None = None,
     ) -> None:
         super().__init__()
         self.style = _checks.check_style(style)
@@ -257,6 +274,9 @@ class LinearLabelSmoothingCrossEntropy(nn.Module):
         prior_t = _as_buffer("prior", prior)
         num_classes = None if prior_t is None else prior_t.shape[0]
         self.eps = _checks.check_eps(eps, num_classes, self.style)
+        self.exclude_classes = _checks.check_exclude_classes(
+            exclude_classes, num_classes, self.style, self.eps
+        )
         if prior_t is not None:
             _checks.check_prior(
                 prior_t, prior_t.shape[0], self.style, prior_t.device, prior_t.dtype
@@ -281,12 +301,15 @@ class LinearLabelSmoothingCrossEntropy(nn.Module):
             z_loss=self.z_loss,
             softcap=self.softcap,
             validate=self.validate,
+            exclude_classes=self.exclude_classes,
         )
 
     def extra_repr(self) -> str:
         parts = [f"eps={self.eps}", f"style={self.style!r}"]
         if self.prior is not None:
             parts.append(f"prior=<{self.prior.shape[0]} classes>")
+        if self.exclude_classes is not None:
+            parts.append(f"exclude_classes={list(self.exclude_classes)}")
         parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
         if self.z_loss:
             parts.append(f"z_loss={self.z_loss}")

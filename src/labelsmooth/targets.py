@@ -34,18 +34,47 @@ def smoothing_coefficients(
     num_classes: int,
     style: str,
     prior: Tensor | None = None,
+    exclude: Sequence[int] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, float | Tensor]:
     r"""Returns ``(alpha, offset)`` with smoothed target = ``alpha * t + offset``.
 
-    ``offset`` is a Python float (the same for every class) or, with ``prior``, a length-K
-    tensor ``eps * prior``. Arguments are assumed checked (see :mod:`labelsmooth._checks`).
+    ``offset`` is a Python float (the same for every class) or, with ``prior`` or ``exclude``,
+    a length-K tensor (``prior``'s dtype and device, else ``dtype`` and ``device``). Always
+    ``alpha + sum(offset) = 1``. Arguments are assumed checked (see :mod:`labelsmooth._checks`).
+
+    ``exclude`` (class indices, see ``exclude_classes`` of :func:`smooth_labels`) gives the
+    excluded classes offset 0; with K' = K - len(exclude) kept classes: ``"uniform"``
+    ``alpha = 1 - eps``, ``b_c = eps/K'`` (with ``prior``: ``eps * prior[c] / sum of prior
+    over the kept classes``); ``"others"`` ``alpha = 1 - eps K'/(K'-1)``, ``b_c = eps/(K'-1)``.
 
     >>> smoothing_coefficients(0.1, 5, "uniform")
     (0.9, 0.02)
     >>> alpha, offset = smoothing_coefficients(0.1, 6, "others")
     >>> round(alpha, 6), round(offset, 6)
     (0.88, 0.02)
+    >>> smoothing_coefficients(0.1, 4, "uniform", exclude=[0])[1]
+    tensor([0.0000, 0.0333, 0.0333, 0.0333])
     """
+    if exclude:
+        if prior is not None:
+            keep = torch.ones(num_classes, dtype=prior.dtype, device=prior.device)
+        else:
+            keep = torch.ones(num_classes, dtype=dtype, device=device)
+        keep[list(exclude)] = 0.0
+        kept = num_classes - len(exclude)
+        if style == "uniform":
+            if prior is not None:
+                masked = prior * keep
+                # Renormalised over the kept classes (a host-free division; the check that
+                # the kept mass is > 0 is in _checks.check_prior_on_kept).
+                return 1.0 - eps, eps * masked / masked.sum()
+            return 1.0 - eps, keep * (eps / kept)
+        if eps == 0:
+            return 1.0, keep * 0.0
+        return 1.0 - eps * kept / (kept - 1), keep * (eps / (kept - 1))
     if style == "uniform":
         if prior is not None:
             return 1.0 - eps, eps * prior
@@ -63,6 +92,7 @@ def smooth_labels(
     style: str = "uniform",
     prior: Tensor | Sequence[float] | None = None,
     dtype: torch.dtype | None = None,
+    exclude_classes: Sequence[int] | Tensor | None = None,
 ) -> Tensor:
     r"""Smoothed one-hot targets, with the class dimension last.
 
@@ -74,7 +104,17 @@ def smooth_labels(
       ``uniform``: ``(1-eps) t + eps/K``; ``others``: ``(1-eps) t + eps (1-t)/(K-1)``.
 
     ``prior`` (``style="uniform"`` only) replaces ``eps/K`` by ``eps * prior[c]``
-    (unigram smoothing, Pereyra et al. 2017). Negative ``eps`` (generalised label smoothing,
+    (unigram smoothing, Pereyra et al. 2017).
+
+    ``exclude_classes`` lists classes that receive no smoothing mass (a padding token, as in
+    OpenNMT-py and the Annotated Transformer); with K' = K - len(exclude_classes) kept classes,
+    ``uniform`` puts ``1 - eps`` on the label plus ``eps/K'`` on every kept class, and 0 on the
+    excluded ones except the label; ``others`` puts ``1 - eps`` on the label and ``eps/(K'-1)``
+    on every other kept class (eps <= (K'-1)/K'), and an integer label that is itself excluded
+    is a ``ValueError`` there (its row would not be a target of that form). With ``prior``,
+    the prior is restricted to the kept classes and renormalised: ``eps * prior[c] /
+    sum_{kept} prior``. Floating targets are mapped by the same affine rule ``alpha t + b``
+    (:func:`smoothing_coefficients`). Negative ``eps`` (generalised label smoothing,
     Wei et al. 2022) gives targets above 1 on the true class and below 0 elsewhere.
 
     Args:
@@ -85,6 +125,8 @@ def smooth_labels(
         prior: length-K distribution replacing the uniform share (``"uniform"`` only).
         dtype: result dtype for integer targets (default: ``torch.get_default_dtype()``);
             floating targets keep their dtype.
+        exclude_classes: class indices (a sequence of ints or a 1-D integer tensor) that
+            receive no smoothing mass; unique, in [0, K), not all of them.
 
     Under ``torch.compile`` or a ``torch.func`` transform the class indices (and ``prior``'s
     values) are not checked, as that would read them on the host; pass ``num_classes`` there.
@@ -99,6 +141,8 @@ def smooth_labels(
         tensor([[0.9000, 0.0500, 0.0500]])
         >>> smooth_labels(torch.tensor([0.0, 1.0]), eps=0.3)
         tensor([0.1500, 0.8500])
+        >>> smooth_labels(torch.tensor([2]), 5, 0.1, style="others", exclude_classes=[0])
+        tensor([[0.0000, 0.0333, 0.9000, 0.0333, 0.0333]])
     """
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
@@ -113,8 +157,12 @@ def smooth_labels(
                 f"got num_classes={num_classes}"
             )
         eps = _checks.check_eps(eps, k, style)
+        exclude = _checks.check_exclude_classes(exclude_classes, k, style, eps)
         prior_t = _checks.check_prior(prior, k, style, target.device, target.dtype)
-        alpha, offset = smoothing_coefficients(eps, k, style, prior_t)
+        _checks.check_prior_on_kept(prior_t, exclude)
+        alpha, offset = smoothing_coefficients(
+            eps, k, style, prior_t, exclude, device=target.device, dtype=target.dtype
+        )
         return alpha * target + offset
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(
@@ -129,11 +177,17 @@ def smooth_labels(
     if k < 1:
         raise ValueError(f"num_classes must be >= 1, got num_classes={k}")
     eps = _checks.check_eps(eps, k, style)
+    exclude = _checks.check_exclude_classes(exclude_classes, k, style, eps)
     out_dtype = _checks.check_float_dtype("dtype", dtype)
     prior_t = _checks.check_prior(prior, k, style, target.device, out_dtype)
+    _checks.check_prior_on_kept(prior_t, exclude)
     if not _checks.tracing(target):
         _checks.check_class_indices(target, k, ignore_index=None)
-    alpha, offset = smoothing_coefficients(eps, k, style, prior_t)
+        if exclude and style == "others" and eps != 0:
+            _checks.check_excluded_labels(target, None, exclude)
+    alpha, offset = smoothing_coefficients(
+        eps, k, style, prior_t, exclude, device=target.device, dtype=out_dtype
+    )
     base = torch.zeros((*target.shape, k), dtype=out_dtype, device=target.device)
     base = base + offset  # broadcasts the offset vector (prior) or scalar
     return base.scatter_add(-1, target.long().unsqueeze(-1), torch.full_like(base[..., :1], alpha))

@@ -83,7 +83,6 @@ import torch
 from torch import Tensor
 
 from .._composite import closed_form
-from ..targets import smoothing_coefficients
 
 if TYPE_CHECKING:
     from .._problem import CrossEntropyProblem
@@ -135,8 +134,11 @@ class RowPlan:
 
 
 def mean_denominator(problem: CrossEntropyProblem) -> Tensor:
-    """PyTorch's ``"mean"`` denominator for index targets: sum of w_y over non-ignored rows."""
+    """PyTorch's ``"mean"`` denominator for index targets: sum of w_y over non-ignored rows
+    (``weight_mode="sample"``: of ``row_weight``)."""
     assert problem.valid is not None
+    if problem.row_weight is not None:
+        return torch.where(problem.valid, problem.row_weight, 0.0).sum()
     if problem.weight is not None:
         return torch.where(problem.valid, problem.weight[problem.target], 0.0).sum()
     return problem.valid.sum().to(problem.compute_dtype)
@@ -147,7 +149,16 @@ def _anticipated_scale(problem: CrossEntropyProblem) -> Tensor | None:
 
     ``"mean"``: 1 / denominator (1 when the denominator is 0, all rows ignored), computed
     exactly as autograd computes it through ``_reduce``; ``"sum"`` and ``"none"``: 1.
+    ``weight_mode="sample"`` (``row_weight``): ``"mean"`` and ``"sum"`` times w[y] per row, a
+    zero w[y] taken as 1 (the row's gradient is 0 anyway: backward then rescales).
     """
+    if problem.row_weight is not None and problem.reduction != "none":
+        rows = torch.where(problem.row_weight == 0, 1.0, problem.row_weight)
+        if problem.reduction == "sum":
+            return rows.contiguous()
+        one = torch.ones((), dtype=problem.compute_dtype, device=problem.logits.device)
+        denominator = mean_denominator(problem)
+        return (rows * (one / torch.where(denominator == 0, 1.0, denominator))).contiguous()
     if problem.reduction != "mean":
         return None
     one = torch.ones((), dtype=problem.compute_dtype, device=problem.logits.device)
@@ -162,7 +173,7 @@ def make_plan(problem: CrossEntropyProblem) -> RowPlan:
     """Derives the per-row and per-class coefficients from :func:`smoothing_coefficients`."""
     dtype, device = problem.compute_dtype, problem.logits.device
     k = problem.num_classes
-    alpha, offset = smoothing_coefficients(problem.eps, k, problem.style, problem.prior)
+    alpha, offset = problem.coefficients()
     weight = problem.weight
     if isinstance(offset, Tensor) or weight is not None:
         wb = torch.as_tensor(offset, dtype=dtype, device=device).expand(k)
@@ -549,6 +560,10 @@ def fused_rows(
     being trained), the call takes the closed form through autograd (``impl="torch"``), so
     that no gradient is silently dropped.
     """
+    if problem.eps_rows is not None:
+        # Per-element eps is not in the kernels yet (their coefficients are per call): the
+        # closed form computes it, under every impl.
+        return closed_form(problem, need_nll)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
         for t in (problem.weight, problem.prior, problem.target if problem.soft else None)

@@ -689,12 +689,16 @@ def _reference(
     prior: Tensor | None,
     ignore_index: int,
     spec: _Spec,
+    exclude: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Materialises the logits and applies ``ls.cross_entropy(..., impl="reference")``."""
     z = F.linear(hidden, weight, bias).to(spec.compute_dtype)
     if spec.softcap is not None:
         z = spec.softcap * torch.tanh(z / spec.softcap)
-    problem = prepare(z, target, eps, style, prior, None, ignore_index, "none", False, False)
+    problem = prepare(
+        z, target, eps, style, prior, None, ignore_index, "none", False, False,
+        exclude_classes=exclude,
+    )  # fmt: skip
     loss, nll = reference(problem, True)
     assert nll is not None
     if spec.z_loss:
@@ -732,6 +736,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     softcap: float | None = None,
     validate: bool = True,
+    exclude_classes: Sequence[int] | Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Label-smoothed cross-entropy of a linear head, without the (N, V) logits.
 
@@ -745,6 +750,8 @@ def linear_cross_entropy(
     * ``style="others"``: :math:`(1-\epsilon)(-\log p_y) + \frac{\epsilon}{V-1}
       \sum_{c\ne y}(-\log p_c)`;
     * ``prior`` (uniform only) replaces :math:`\epsilon/V` by :math:`\epsilon\,\pi_c`;
+    * ``exclude_classes`` gives the listed classes no smoothing mass (V' = V - len(excluded)
+      kept classes share it: eps/V' or eps/(V'-1)), as in :func:`labelsmooth.cross_entropy`;
     * plus :math:`\zeta\,\mathrm{lse}^2` with ``z_loss`` = :math:`\zeta` (PaLM).
 
     The logits are computed a chunk of rows at a time and never held whole, unless all of
@@ -759,8 +766,8 @@ def linear_cross_entropy(
     (``z_loss`` shares that denominator), ``"sum"``, ``"none"`` (one value per element, 0 where
     the target is ``ignore_index``). A ``"mean"`` over a batch whose targets are all ignored
     returns 0 with a zero gradient (PyTorch: nan). Class weights are not supported here
-    (``weight`` is the projection matrix). Negative ``eps`` is generalised label smoothing:
-    the loss is then unbounded below.
+    (``weight`` is the projection matrix), and so neither is ``weight_mode``. Negative
+    ``eps`` is generalised label smoothing: the loss is then unbounded below.
 
     Args:
         hidden: (N, H) or (B, T, H) (any (..., H)) features; any floating dtype.
@@ -785,6 +792,8 @@ def linear_cross_entropy(
             traced by ``torch.compile`` or a ``torch.func`` transform). Unchecked, an index
             outside [0, V) other than ``ignore_index`` makes the call fail or gives an
             undefined loss for that row; it is never taken for a class.
+        exclude_classes: class indices that receive no smoothing mass (e.g. the padding
+            token), as in :func:`labelsmooth.cross_entropy`; ``None`` for none.
 
     Returns:
         The loss (float32 scalar for ``"mean"``/``"sum"``, float64 for float64 input; for
@@ -810,7 +819,9 @@ def linear_cross_entropy(
     num_classes = weight.shape[0]
     eps = _checks.check_eps(eps, num_classes, style)
     cd = _checks.compute_dtype(hidden.dtype)
+    exclude = _checks.check_exclude_classes(exclude_classes, num_classes, style, eps)
     prior_t = _checks.check_prior(prior, num_classes, style, hidden.device, cd)
+    _checks.check_prior_on_kept(prior_t, exclude)
     name = _resolve(impl, hidden.device)
     transformed = not torch.compiler.is_compiling() and _checks.tracing(hidden, weight, target)
     if transformed and name != "reference":
@@ -828,8 +839,12 @@ def linear_cross_entropy(
     checked = validate and not _checks.tracing(hidden, weight, target)
     if checked:
         _checks.check_class_indices(target, num_classes, ignore_index)
+        if exclude and style == "others" and eps != 0:
+            _checks.check_excluded_labels(target, target != ignore_index, exclude)
 
-    alpha, offset = smoothing_coefficients(eps, num_classes, style, prior_t)
+    alpha, offset = smoothing_coefficients(
+        eps, num_classes, style, prior_t, exclude, device=hidden.device, dtype=cd
+    )
     if isinstance(offset, Tensor):
         offset, total = offset.to(cd), alpha + float(offset.sum())
     else:
@@ -853,7 +868,7 @@ def linear_cross_entropy(
 
     if name == "reference":
         loss, nll = _reference(
-            hidden2d, weight, bias, flat, valid, eps, style, prior_t, ignore_index, spec
+            hidden2d, weight, bias, flat, valid, eps, style, prior_t, ignore_index, spec, exclude
         )
     elif name == "triton":
         from . import linear_triton
