@@ -65,7 +65,12 @@ def test_launch_configs_are_pure_functions_of_the_shape():
     space = list(triton_ce.launch_space())
     blocks = {triton_ce.launch_config(n)["BLOCK"] for n, _ in space}
     assert blocks == {16 << i for i in range(8)}  # 16 .. 2048
-    assert len(space) == 8 * 3 * 3 * 8  # blocks x grad states x mass states x kl/cap/zloss
+    # blocks x (grad states x mass states, plus per-element rates: without a gradient or with
+    # the W/Z rows, times a per-class or uniform mass) x kl/cap/zloss
+    assert len(space) == 8 * (3 * 3 + 2 * 2) * 8
+    with_rates = [flags for _, flags in space if flags["HAS_RATES"]]
+    assert all(f["HAS_WB"] or f["HAS_B"] for f in with_rates)
+    assert all(f["HAS_GW"] and f["HAS_GZ"] for f in with_rates if f["HAS_GRAD"])
     for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64):
         for kernel in ("forward", "backward"):
             config = linear_triton.launch_config(kernel, dtype, tf32=False, interpret=False)

@@ -52,8 +52,8 @@ class CrossEntropyProblem:
     Per-element smoothing rates are stored as ``eps_rows`` (M,) in ``compute_dtype`` with
     ``eps = 1.0``: :meth:`coefficients` then gives the unit-rate ``(alpha1, b1)``, and row i's
     target is ``onehot + eps_i (b1 + (alpha1 - 1) onehot)`` (both styles are linear in eps).
-    Only the composite implementations read ``eps_rows``; the fused kernels hand such a
-    problem to the closed form.
+    Every implementation reads ``eps_rows``: the composite ones per row in torch, the fused
+    kernels as the per-row ``RowPlan.rates`` (see :mod:`labelsmooth.kernels.fused`).
     """
 
     logits: Tensor

@@ -602,10 +602,15 @@ def cross_entropy(
         eps: smoothing rate. ``uniform``: eps <= 1; ``others``: eps <= (K-1)/K. Or a
             floating tensor of per-element rates with the target's batch shape ((), (N) or
             (N, d1, ..., dk)): element i is smoothed with its own eps_i (the same ranges, each
-            rate checked on the host unless traced). Per-element rates are computed by the
-            closed form (``"torch"``) whatever ``impl`` says (the fused kernels take one rate
-            per call so far; ``"reference"`` builds the dense target), and the loss is
-            differentiable with respect to them (``"torch"``, which ``"auto"`` runs).
+            rate checked on the host unless traced). Every ``impl`` computes per-element
+            rates itself: the fused kernels (``"chunked"``, ``"compiled"``, ``"triton"``) read
+            them as per-row runtime data (a tensor / pointer argument, so new rates never
+            recompile a kernel), ``"torch"`` scales its closed form per row and
+            ``"reference"`` builds the dense target. The loss is differentiable with respect
+            to the rates under every ``impl``: the fused kernels differentiate only with
+            respect to the logits, so a rate tensor that requires a gradient (under grad
+            mode) sends the call to the closed form (``"torch"``) through autograd, as a
+            class weight or prior that requires a gradient does.
         style: ``"uniform"`` (eps/K on every class) or ``"others"`` (eps/(K-1) on the others).
         prior: length-K distribution for ``"uniform"`` smoothing towards a class prior.
         weight: length-K class weights, as in ``F.cross_entropy``.

@@ -107,6 +107,7 @@ struct Args {
   double b; double z_loss; double softcap;
   const void* gp; const void* gy; const void* gw; const void* gz;
   void* loss; void* nll; void* lse;
+  const void* rates;  // per-element eps (per row), or null: wb/b/mass are then unit-rate
   int32_t format; int32_t threads; int32_t stream; int32_t pad;
 };
 
@@ -214,6 +215,7 @@ void run_rows(const Args& a, int64_t r0, int64_t r1) {
   const A* gy = static_cast<const A*>(a.gy);
   const A* gw = static_cast<const A*>(a.gw);
   const A* gz = static_cast<const A*>(a.gz);
+  const A* rates = static_cast<const A*>(a.rates);
   A* loss = static_cast<A*>(a.loss);
   A* nll = static_cast<A*>(a.nll);
   A* lse_out = static_cast<A*>(a.lse);
@@ -265,8 +267,16 @@ void run_rows(const Args& a, int64_t r0, int64_t r1) {
     if (!wb) weighted = b == A(0) ? 0.0 : double(b) * weighted;
     const A lse = shift + A(std::log(total));
     const A gap = lse - z[y];
-    A value = (coef[r] == A(0) ? A(0) : coef[r] * gap) - A(weighted);
-    if (mass != A(0)) value += mass * lse;
+    A value = coef[r] == A(0) ? A(0) : coef[r] * gap;
+    if (rates) {  // row r's smoothing term: rate * (B1 lse - sum_c w_c b1_c z_c)
+      const A rate = rates[r];
+      A smooth = -A(weighted);
+      if (mass != A(0)) smooth += mass * lse;
+      if (rate != A(0)) value += rate * smooth;
+    } else {
+      value -= A(weighted);
+      if (mass != A(0)) value += mass * lse;
+    }
     if (klc) value += klc[r];
     if (zl != A(0)) value += zl * lse * lse;
     if (loss) loss[r] = value;
@@ -363,4 +373,4 @@ extern "C" int ls_scale_rows(int32_t format, void* grad, const void* factor, int
   });
 }
 
-extern "C" int ls_abi_version() { return 1; }
+extern "C" int ls_abi_version() { return 2; }

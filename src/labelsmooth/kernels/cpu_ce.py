@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 __all__ = ["available", "build_error", "compiled", "library_path"]
 
 _SOURCE_FILE = "cpu_ce.cpp"  # package data next to this module
-_ABI_VERSION = 1  # ls_abi_version() of cpu_ce.cpp
+_ABI_VERSION = 2  # ls_abi_version() of cpu_ce.cpp
 _FORMATS = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _BASE_FLAGS = ["-O3", "-std=c++17", "-fPIC", "-shared", "-fopenmp-simd", "-pthread"]
 
@@ -90,6 +90,7 @@ class _Args(ctypes.Structure):
         ("loss", ctypes.c_void_p),
         ("nll", ctypes.c_void_p),
         ("lse", ctypes.c_void_p),
+        ("rates", ctypes.c_void_p),
         ("format", ctypes.c_int32),
         ("threads", ctypes.c_int32),
         ("stream", ctypes.c_int32),
@@ -265,6 +266,7 @@ class CompiledBackend:
             loss=loss.data_ptr(),
             nll=nll.data_ptr(),
             lse=None,
+            rates=_pointer(plan.rates),
             format=_FORMATS[x.dtype],
             threads=torch.get_num_threads(),
             stream=int(grad is not None and grad.data_ptr() != x.data_ptr() and _resident(grad)),

@@ -33,6 +33,15 @@ times :math:`\partial z_c / \partial x_c = 1 - (z_c / s)^2` with a soft-cap. A c
 target mass whose logit is :math:`-\infty` contributes 0 (never ``0 * inf``); one with mass
 makes the loss :math:`+\infty` while the gradient stays finite (``p_c = 0``).
 
+Per-element rates (``eps`` a tensor, :math:`\epsilon_i` per row): both styles are linear in
+eps, so with the unit-rate coefficients ``(alpha1, b1) = smoothing_coefficients(1, ...)`` row
+i has :math:`\alpha_i = 1 - \epsilon_i (1 - \alpha_1)` and :math:`b_i = \epsilon_i b_1`. The
+per-row vectors :math:`\alpha_i w_y` and :math:`S_i` carry the first; the smoothing term of
+the loss, :math:`\epsilon_i (B_1 \mathrm{lse} - \sum_c w_c b_{1,c} z_c)`, and the ``W``
+coefficient of the gradient (:func:`grad_rows`) are scaled by :math:`\epsilon_i`, read per row
+from ``RowPlan.rates`` (a pointer / tensor argument of every backend, so new rates never
+recompile anything). With a scalar eps ``rates`` is ``None`` and nothing per row is added.
+
 Memory contract
 ---------------
 
@@ -113,6 +122,11 @@ class RowPlan:
     when it is the same for every class, the number ``b``; ``mass`` is the 0-dim tensor B.
     Probability targets fill ``soft`` (M, K) instead; ``alpha``, ``offset`` and ``weight``
     describe the smoothing.
+
+    ``rates`` (M,) holds per-element eps (``eps`` a tensor) or is None. With rates, ``alpha``,
+    ``offset``, ``b``, ``wb`` and ``mass`` are the unit-rate (eps = 1) values, the smoothing
+    term of row i is scaled by ``rates[i]``, and ``coef``, ``total`` and ``klc`` already hold
+    row i's own alpha_i w_y, S_i and KL constant (see the module docstring).
     """
 
     dtype: torch.dtype
@@ -131,6 +145,7 @@ class RowPlan:
     kl: bool
     z_loss: float
     softcap: float | None
+    rates: Tensor | None = None
 
 
 def mean_denominator(problem: CrossEntropyProblem) -> Tensor:
@@ -173,7 +188,10 @@ def make_plan(problem: CrossEntropyProblem) -> RowPlan:
     """Derives the per-row and per-class coefficients from :func:`smoothing_coefficients`."""
     dtype, device = problem.compute_dtype, problem.logits.device
     k = problem.num_classes
-    alpha, offset = problem.coefficients()
+    alpha, offset = problem.coefficients()  # unit-rate (eps = 1) with per-element rates
+    rates = problem.eps_rows
+    if rates is not None:
+        rates = rates.detach().contiguous()
     weight = problem.weight
     if isinstance(offset, Tensor) or weight is not None:
         wb = torch.as_tensor(offset, dtype=dtype, device=device).expand(k)
@@ -194,6 +212,7 @@ def make_plan(problem: CrossEntropyProblem) -> RowPlan:
         "kl": problem.kl,
         "z_loss": problem.z_loss,
         "softcap": problem.softcap,
+        "rates": rates,
     }
     if problem.soft:
         return RowPlan(
@@ -205,6 +224,8 @@ def make_plan(problem: CrossEntropyProblem) -> RowPlan:
         wy = weight[y].contiguous()
     else:
         wy = torch.ones(y.shape, dtype=dtype, device=device)
+    if rates is not None:
+        return _rate_plan(problem, y, wy, rates, float(alpha), offset, mass, common)
     coef = alpha * wy
     klc = None
     if problem.kl:
@@ -226,6 +247,46 @@ def make_plan(problem: CrossEntropyProblem) -> RowPlan:
     )
 
 
+def _rate_plan(
+    problem: CrossEntropyProblem,
+    y: Tensor,
+    wy: Tensor,
+    rates: Tensor,
+    alpha: float,
+    offset: float | Tensor,
+    mass: Tensor,
+    common: dict,
+) -> RowPlan:
+    """Index targets with per-element rates r: row i's alpha_i = 1 - r_i (1 - alpha1), mass
+    B_i = r_i B1 and (KL) target entropy, all O(M); ``alpha``, ``offset`` and ``mass`` are the
+    unit-rate values."""
+    assert problem.valid is not None
+    dtype, device, weight = problem.compute_dtype, problem.logits.device, problem.weight
+    alpha_rows = 1.0 - rates * (1.0 - alpha)
+    coef = (alpha_rows * wy).contiguous()
+    klc = None
+    if problem.kl:  # rates >= 0 with kl (checked)
+        # sum_c w_c xlogy(r b1_c, r b1_c) = xlogy(r, r) B1 + r sum_c w_c xlogy(b1_c, b1_c)
+        off = torch.as_tensor(offset, dtype=dtype, device=device).expand(problem.num_classes)
+        unit_entropy = torch.xlogy(off, off)
+        if weight is not None:
+            unit_entropy = unit_entropy * weight
+        entropy = torch.xlogy(rates, rates) * mass + rates * unit_entropy.sum()
+        off_y = rates * off[y]
+        on_y = alpha_rows + off_y
+        on_minus_off = torch.xlogy(on_y, on_y) - torch.xlogy(off_y, off_y)
+        klc = (entropy + wy * on_minus_off).contiguous()
+    return RowPlan(
+        target=torch.where(problem.valid, y, -1).contiguous(),
+        soft=None,
+        coef=coef,
+        wy=wy,
+        total=(coef + rates * mass).contiguous(),
+        klc=klc,
+        **common,
+    )
+
+
 def grad_rows(
     plan: RowPlan, g: Tensor | None, h: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
@@ -236,16 +297,20 @@ def grad_rows(
     ``Y = alpha w_y``, ``W = 1`` and ``Z = 2 z_loss`` (``None`` stands for these constants).
     The recomputation of backward writes ``g * dloss + h * dnll`` in one pass:
     ``P = g S + h w_y``, ``Y = g alpha w_y + h w_y``, ``W = g``, ``Z = 2 z_loss g``.
+    With per-element rates r (``plan.rates``; ``wb``/``b`` are then the unit-rate mass)
+    ``W`` is multiplied by the rate: ``W = r`` in forward (``Z`` stays ``None``), ``g r`` in
+    backward.
     """
     assert plan.total is not None and plan.coef is not None and plan.wy is not None
     if g is None and h is None:
-        return plan.total, plan.coef, None, None
+        return plan.total, plan.coef, plan.rates, None
     zeros = torch.zeros_like(plan.total)
     g = zeros if g is None else g.to(plan.dtype)
     h = zeros if h is None else h.to(plan.dtype)
     p = (g * plan.total + h * plan.wy).contiguous()
     y = (g * plan.coef + h * plan.wy).contiguous()
-    return p, y, g.contiguous(), (2.0 * plan.z_loss * g).contiguous()
+    w = g if plan.rates is None else g * plan.rates
+    return p, y, w.contiguous(), (2.0 * plan.z_loss * g).contiguous()
 
 
 class Backend(Protocol):
@@ -370,7 +435,10 @@ class ChunkedBackend:
         gap = lse - z_y
         coef = plan.coef[start:stop]
         value = torch.where(coef == 0, 0.0, coef * gap)
-        if smooth is not None:
+        if smooth is not None and plan.rates is not None:
+            rate = plan.rates[start:stop]
+            value = value + torch.where(rate == 0, 0.0, rate * (plan.mass * lse - smooth))
+        elif smooth is not None:
             value = value + plan.mass * lse - smooth
         if plan.klc is not None:
             value = value + plan.klc[start:stop]
@@ -424,7 +492,11 @@ class ChunkedBackend:
         e, total, lse = self._softmax_parts(z)
         log_probs = z.sub_(lse[:, None])
         plain = plan.soft[start:stop].to(plan.dtype)
-        smoothed = plan.alpha * plain + plan.offset
+        if plan.rates is None:
+            smoothed = plan.alpha * plain + plan.offset
+        else:  # row i: alpha_i t + r_i b1 with alpha_i = 1 - r_i (1 - alpha1)
+            rate = plan.rates[start:stop, None]
+            smoothed = (1.0 - rate * (1.0 - plan.alpha)) * plain + rate * plan.offset
         mass = smoothed if plan.weight is None else smoothed * plan.weight
         plain_mass = plain if plan.weight is None else plain * plan.weight
         value = -torch.where(mass == 0, 0.0, mass * log_probs).sum(dim=1)
@@ -555,18 +627,20 @@ def fused_rows(
 ) -> tuple[Tensor, Tensor | None]:
     """Runs ``backend`` through the fused autograd function: the `Implementation` signature.
 
-    The kernels differentiate with respect to the logits only. When a class weight, a prior or
-    probability targets require a gradient too (rare: learned weights, targets from a network
-    being trained), the call takes the closed form through autograd (``impl="torch"``), so
-    that no gradient is silently dropped.
+    The kernels differentiate with respect to the logits only. When a class weight, a prior,
+    per-element rates of eps or probability targets require a gradient too (rare: learned
+    weights or rates, targets from a network being trained), the call takes the closed form
+    through autograd (``impl="torch"``), so that no gradient is silently dropped. Rates that
+    need no gradient are computed by the kernels themselves (``RowPlan.rates``).
     """
-    if problem.eps_rows is not None:
-        # Per-element eps is not in the kernels yet (their coefficients are per call): the
-        # closed form computes it, under every impl.
-        return closed_form(problem, need_nll)
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad
-        for t in (problem.weight, problem.prior, problem.target if problem.soft else None)
+        for t in (
+            problem.weight,
+            problem.prior,
+            problem.eps_rows,
+            problem.target if problem.soft else None,
+        )
     ):
         return closed_form(problem, need_nll)
     plan = make_plan(problem)

@@ -7,6 +7,8 @@ combined at the end. Pass 2 streams the row again and writes the gradient
 (:mod:`labelsmooth.kernels.fused` has the formulas) in the logits' dtype, so the logits are
 read twice and the gradient written once. All math is float32 whatever the input
 (float32/bfloat16/float16); float64 and probability targets take the chunked path.
+Per-element eps (``RowPlan.rates``) is read per row through ``rate_ptr``: only its presence is
+a constexpr (``HAS_RATES``), so new rates reuse the compiled kernel.
 
 Launch configuration (:func:`launch_config`, :func:`kernel_flags`): ``BLOCK =
 min(MAX_BLOCK, next_power_of_2(K))`` with ``MAX_BLOCK = 2048``; 4 warps up to 1024 columns, 8 for
@@ -86,6 +88,7 @@ def _ce_rows_kernel(
     klc_ptr,
     wb_ptr,
     mass_ptr,
+    rate_ptr,
     gp_ptr,
     gy_ptr,
     gw_ptr,
@@ -105,6 +108,7 @@ def _ce_rows_kernel(
     HAS_GZ: tl.constexpr,
     HAS_CAP: tl.constexpr,
     HAS_ZLOSS: tl.constexpr,
+    HAS_RATES: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * n_cols
@@ -157,8 +161,14 @@ def _ce_rows_kernel(
     gap = lse - z_y
     coef = tl.load(coef_ptr + row)
     mass = tl.load(mass_ptr)
-    value = tl.where(coef == 0.0, 0.0, coef * gap) - weighted
-    value += tl.where(mass == 0.0, 0.0, mass * lse)
+    value = tl.where(coef == 0.0, 0.0, coef * gap)
+    if HAS_RATES:  # per-element eps: the unit-rate smoothing term times the row's rate
+        rate = tl.load(rate_ptr + row)
+        smooth = tl.where(mass == 0.0, 0.0, mass * lse) - weighted
+        value += tl.where(rate == 0.0, 0.0, rate * smooth)
+    else:
+        value = value - weighted
+        value += tl.where(mass == 0.0, 0.0, mass * lse)
     if HAS_KL:
         value += tl.load(klc_ptr + row)
     if HAS_ZLOSS:
@@ -231,6 +241,7 @@ def kernel_flags(
     uniform_mass: bool,
     softcap: bool,
     z_loss: bool,
+    rates: bool = False,
 ) -> dict[str, bool]:
     """The boolean constexprs of :func:`_ce_rows_kernel` for one launch.
 
@@ -238,7 +249,8 @@ def kernel_flags(
     coefficients of :func:`~labelsmooth.kernels.fused.grad_rows` are given; ``kl``:
     ``plan.klc`` exists; ``class_mass``: a per-class smoothing mass ``plan.wb``;
     ``uniform_mass``: the same mass ``b != 0`` for every class (ignored with ``class_mass``);
-    ``softcap``, ``z_loss``: those options are on.
+    ``softcap``, ``z_loss``: those options are on; ``rates``: per-element eps, read per row
+    from ``rate_ptr`` (runtime data: only its presence is a constexpr, never its values).
     """
     return {
         "HAS_GRAD": grad,
@@ -249,6 +261,7 @@ def kernel_flags(
         "HAS_GZ": z_rows,
         "HAS_CAP": softcap,
         "HAS_ZLOSS": z_loss,
+        "HAS_RATES": rates,
     }
 
 
@@ -259,16 +272,20 @@ def launch_space() -> Iterator[tuple[int, dict[str, bool]]]:
 
     Reachable: :func:`~labelsmooth.kernels.fused.grad_rows` returns ``W`` and ``Z`` together
     (backward's recomputation, or forward's prescaled gradient) and only when a gradient buffer
-    is written; everything else is independent.
+    is written; per-element rates (``rates``) come with a smoothing mass (the unit-rate one is
+    never zero) and, with a gradient, with ``W`` and ``Z`` (the launcher passes ``Z`` with the
+    rate-scaled ``W``); everything else is independent.
     """
     seen: set[tuple] = set()
     top = 2 * MAX_BLOCK
     sizes = [1 << i for i in range(top.bit_length())]
     for n_cols in sizes:
-        for grad, recompute, kl, class_mass, uniform_mass, softcap, z_loss in product(
-            (False, True), repeat=7
+        for grad, recompute, kl, class_mass, uniform_mass, softcap, z_loss, rates in product(
+            (False, True), repeat=8
         ):
             if recompute and not grad:
+                continue
+            if rates and (not (class_mass or uniform_mass) or (grad and not recompute)):
                 continue
             flags = kernel_flags(
                 grad=grad,
@@ -279,6 +296,7 @@ def launch_space() -> Iterator[tuple[int, dict[str, bool]]]:
                 uniform_mass=uniform_mass,
                 softcap=softcap,
                 z_loss=z_loss,
+                rates=rates,
             )
             key = (launch_config(n_cols)["BLOCK"], tuple(flags.values()))
             if key not in seen:
@@ -301,6 +319,8 @@ class TritonBackend:
         if m == 0:
             return loss, nll
         gp, gy, gw, gz = grad_rows(plan, g, h)
+        if gw is not None and gz is None:  # forward with rates: W = rates, Z = 2 z_loss
+            gz = torch.full_like(gw, 2.0 * plan.z_loss)
         config = launch_config(k)
         dummy = loss  # stands in for absent pointers; never read (the flags say so)
         _ce_rows_kernel[(m,)](
@@ -312,6 +332,7 @@ class TritonBackend:
             dummy if plan.klc is None else plan.klc,
             dummy if plan.wb is None else plan.wb,
             plan.mass,
+            dummy if plan.rates is None else plan.rates,
             gp,
             gy,
             dummy if gw is None else gw,
@@ -332,6 +353,7 @@ class TritonBackend:
                 uniform_mass=plan.b != 0,
                 softcap=plan.softcap is not None,
                 z_loss=plan.z_loss != 0,
+                rates=plan.rates is not None,
             ),
         )
         return loss, nll
