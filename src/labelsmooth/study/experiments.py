@@ -39,6 +39,7 @@ from ..analysis import mutual_information_under_noise
 from ..functional import binary_cross_entropy_with_logits, cross_entropy
 from .config import StudyConfig
 from .data import Split, digits_multilabel, synthetic
+from .findings import VARIANT_LABELS
 from .models import MLP
 from .outputs import (
     Arrays,
@@ -664,48 +665,33 @@ def _stateless(loss: Callable[[Tensor, Tensor], Tensor]) -> Callable[[int], Loss
     return lambda num_classes: (loss, None)
 
 
-# name -> (label in the report, loss factory(num_classes) -> (loss_fn, epoch-end hook)). The
-# strengths are the papers' (or the authors' code's) defaults, not tuned here: a variant that
-# needs tuning to help is reported as it comes.
-VARIANT_ARMS: dict[str, tuple[str, Callable[[int], LossAndHook]]] = {
-    "baseline": ("baseline (eps=0)", _plain(0.0)),
-    "label_smoothing": ("label smoothing, eps=0.1 (uniform)", _plain(0.1)),
-    "confidence_penalty": (
-        "confidence penalty, beta=0.1 (Pereyra et al. 2017)",
-        _stateless(lambda z, y: variants.confidence_penalty(z, y, 0.1)),
+# name -> loss factory(num_classes) -> (loss_fn, epoch-end hook); the labels the report prints
+# (with where each strength comes from) are findings.VARIANT_LABELS. The strengths are the papers'
+# or the authors' code's defaults where one exists, not tuned here: a variant that needs tuning
+# to help is reported as it comes.
+VARIANT_ARMS: dict[str, Callable[[int], LossAndHook]] = {
+    "baseline": _plain(0.0),
+    "label_smoothing": _plain(0.1),
+    "confidence_penalty": _stateless(lambda z, y: variants.confidence_penalty(z, y, 0.1)),
+    "margin": _stateless(lambda z, y: variants.margin_label_smoothing(z, y, 10.0, 0.1)),
+    "relaxation": _stateless(lambda z, y: variants.label_relaxation(z, y, 0.1)),
+    "maxsup": _stateless(lambda z, y: variants.maxsup(z, y, 0.1)),
+    "online": _online,
+    "teacher_free": _stateless(
+        lambda z, y: variants.teacher_free_kd(
+            z, y, correct_prob=0.99, temperature=20.0, alpha=0.1, multiplier=100.0
+        )
     ),
-    "margin": (
-        "margin-based LS, margin=10, alpha=0.1 (MbLS, Liu et al. 2022)",
-        _stateless(lambda z, y: variants.margin_label_smoothing(z, y, 10.0, 0.1)),
-    ),
-    "relaxation": (
-        "label relaxation, alpha=0.1 (Lienen & Hüllermeier 2021)",
-        _stateless(lambda z, y: variants.label_relaxation(z, y, 0.1)),
-    ),
-    "maxsup": (
-        "MaxSup, eps=0.1 (Zhou et al. 2025)",
-        _stateless(lambda z, y: variants.maxsup(z, y, 0.1)),
-    ),
-    "online": ("online label smoothing, alpha=0.5 (Zhang et al. 2021)", _online),
-    "teacher_free": (
-        "teacher-free KD, a=0.99, T=20, alpha=0.1 (Yuan et al. 2020)",
-        _stateless(lambda z, y: variants.teacher_free_kd(z, y)),
-    ),
-    "focal": (
-        "focal loss, gamma=2 (Lin et al. 2017)",
-        _stateless(lambda z, y: variants.focal_cross_entropy(z, y, 2.0)),
-    ),
-    "focal_smoothed": (
-        "focal loss, gamma=2, eps=0.1 (uniform)",
-        _stateless(lambda z, y: variants.focal_cross_entropy(z, y, 2.0, 0.1)),
-    ),
+    "focal": _stateless(lambda z, y: variants.focal_cross_entropy(z, y, 2.0)),
+    "focal_smoothed": _stateless(lambda z, y: variants.focal_cross_entropy(z, y, 2.0, 0.1)),
 }
+assert set(VARIANT_ARMS) == set(VARIANT_LABELS)
 
 
 def _variant_run(
     data: Split, config: StudyConfig, variant: str, seed: int, epochs: int
 ) -> Callable[[RunContext], tuple[Metrics, Arrays | None]]:
-    make = VARIANT_ARMS[variant][1]
+    make = VARIANT_ARMS[variant]
 
     def train(eps: float, style: str, seed: int, report: EpochReport) -> Outputs:
         part = seed_data(data, config, seed)
@@ -755,7 +741,7 @@ def variants_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
                         key=f"variants|{setting}|{variant}|{seed}",
                         experiment="variants",
                         setting=setting,
-                        params={"variant": variant, "label": VARIANT_ARMS[variant][0]},
+                        params={"variant": variant},
                         seed=seed,
                         execute=_variant_run(split, config, variant, seed, epochs),
                         cost=len(split.x_train) * epochs,

@@ -56,6 +56,27 @@ VARIANT_METRICS = ("nll", "ts_nll", "brier", "ece", "accuracy")
 PLAIN_METRICS = ("nll", "ts_nll", "accuracy")
 # The variants experiment's reference arms (experiments.VARIANT_ARMS).
 VARIANT_BASELINE, VARIANT_PLAIN = "baseline", "label_smoothing"
+# The variants experiment's arms as the report names them, with where each strength comes from.
+VARIANT_LABELS = {
+    "baseline": "baseline (eps=0)",
+    "label_smoothing": "label smoothing, eps=0.1 (uniform)",
+    "confidence_penalty": "confidence penalty, beta=0.1 (Pereyra et al. 2017; beta chosen here)",
+    "margin": "margin-based LS, margin=10, alpha=0.1 (MbLS, Liu et al. 2022; paper and code)",
+    "relaxation": "label relaxation, alpha=0.1 (Lienen & Hüllermeier 2021; authors' code)",
+    "maxsup": "MaxSup, eps=0.1 constant (Zhou et al. 2025; the authors ramp 0.1 to 0.2)",
+    "online": "online label smoothing, alpha=0.5 (Zhang et al. 2021; authors' code)",
+    "teacher_free": (
+        "teacher-free KD, a=0.99, T=20, alpha=0.1, multiplier=100 (Yuan et al. 2020; the "
+        "authors' ResNet-18 setting)"
+    ),
+    "focal": "focal loss, gamma=2 (Lin et al. 2017)",
+    "focal_smoothed": "focal loss, gamma=2, with eps=0.1 (uniform) (a combination, not a paper's)",
+}
+
+
+def variant_label(params: dict[str, Any]) -> str:
+    name = params.get("variant", "?")
+    return VARIANT_LABELS.get(name, str(name))
 
 
 def metric_label(metric: str) -> str:
@@ -921,22 +942,23 @@ def analyse_multilabel(findings: Findings, groups: Sequence[Group]) -> None:
 
 
 def analyse_variants(findings: Findings, groups: Sequence[Group]) -> None:
-    """Each variant against the baseline (every metric) and against plain smoothing at eps=0.1
-    (NLL, accuracy), paired by seed, per setting. The variants are fixed in advance (their
-    papers' default strengths), so nothing is chosen: each is one pre-specified comparison."""
+    """Each variant against the baseline (:data:`VARIANT_METRICS`) and against plain smoothing
+    at eps=0.1 (:data:`PLAIN_METRICS`: NLL before and after temperature scaling, accuracy),
+    paired by seed, per setting. The arms and their strengths are fixed in advance, so nothing
+    is chosen; the section counts the intervals, since several exclude 0 by chance alone."""
     runs = select(groups, "variants")
     for setting in ("main", "overconfident"):
         by_name = {g.params["variant"]: g for g in runs if g.setting == setting}
         baseline, plain = by_name.get(VARIANT_BASELINE), by_name.get(VARIANT_PLAIN)
         if baseline is None:
             continue
-        base_label = baseline.params.get("label", VARIANT_BASELINE)
-        plain_label = None if plain is None else plain.params.get("label", VARIANT_PLAIN)
+        base_label = variant_label(baseline.params)
+        plain_label = None if plain is None else variant_label(plain.params)
         rows: list[Row] = []
         sentences: list[str] = []
         differences: list[str] = []
-        for name, group in by_name.items():
-            label = group.params.get("label", name)
+        for group in by_name.values():
+            label = variant_label(group.params)
             comparisons: dict[str, Comparison | None] = {
                 m: None
                 if group is baseline
@@ -978,27 +1000,41 @@ def analyse_variants(findings: Findings, groups: Sequence[Group]) -> None:
             "differences_from_plain": differences,
             "plain_label": plain_label,
             "count": sum(1 for g in by_name.values() if g is not baseline and g is not plain),
+            "intervals": (len(rows) - 1) * len(VARIANT_METRICS)
+            + sum(1 for g in by_name.values() if g is not baseline and g is not plain)
+            * (len(PLAIN_METRICS) if plain is not None else 0),
         }
+
+
+def chance_count(intervals: int) -> str:
+    """How many of ``intervals`` 95% intervals exclude 0 by chance alone, in words."""
+    expected = intervals / 20
+    return "about one" if expected < 1.5 else f"about {round(expected)}"
 
 
 def variants_sentence(findings: Findings, setting: str = "main") -> str:
     """What the variants add to the verdict: every detectable difference from plain smoothing
-    at eps=0.1, with how many intervals were looked at (several exclude 0 by chance alone)."""
+    at eps=0.1 in ``setting``, with how many intervals were looked at."""
     section = findings.sections.get(f"variants:{setting}")
     if section is None or not section["count"] or section["plain_label"] is None:
         return ""
     count, plain = section["count"], section["plain_label"]
+    looked = count * len(PLAIN_METRICS)
+    head = (
+        f"Variants ({setting} setting; each at its paper's or its authors' code's default "
+        "strength where one exists, not tuned here)"
+    )
     differences = section["differences_from_plain"]
     if not differences:
         return (
-            f"No variant ({count} at their papers' default strengths) differed detectably "
-            f"from {plain} in NLL (before or after temperature scaling) or accuracy."
+            f"{head}: no arm differed detectably from {plain} in NLL (before or after "
+            f"temperature scaling) or accuracy ({count} arms x {len(PLAIN_METRICS)} metrics)."
         )
     return (
-        f"Variants at their papers' default strengths, against {plain}: "
+        f"{head}, against {plain}: "
         + "; ".join(differences)
-        + f" ({count} variants x {len(PLAIN_METRICS)} metrics were compared, so about one "
-        "interval in 20 excludes 0 by chance alone)."
+        + f" ({count} arms x {len(PLAIN_METRICS)} metrics = {looked} intervals, so "
+        f"{chance_count(looked)} would exclude 0 by chance alone even if no arm differed)."
     )
 
 

@@ -29,6 +29,7 @@ from .findings import (
     Row,
     analyse,
     arm_label,
+    chance_count,
     count_runs,
     digits,
     metric_label,
@@ -566,6 +567,7 @@ def render_report(directory: str | Path) -> dict[str, Any]:
                     "n_train": info.get("n_train", "?"),
                     "n_val": info.get("n_val", "?"),
                     "n_test": info.get("n_test", "?"),
+                    "chance": chance_count(section["intervals"]),
                 }
             )
     runs = payload["runs"]
