@@ -540,3 +540,65 @@ if not TRITON_HERE:
     # them there (rather than report each one as skipped here).
     for _name in [n for n in globals() if n.startswith("test_triton_kernel_")]:
         del globals()[_name]
+
+
+# --- Regressions from the adversarial review ------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+def test_one_learnt_rate_keeps_its_gradient(shape):
+    # A 1-element eps that requires grad used to be read with .item(): its gradient was lost.
+    logits, target = torch.randn(4, 5), torch.tensor([1, 1, 2, 3])
+    shared = torch.full(shape, 0.1, requires_grad=True)
+    loss = ls.cross_entropy(logits, target, eps=shared)
+    loss.backward()
+    rows = torch.full((4,), 0.1, requires_grad=True)
+    ls.cross_entropy(logits, target, eps=rows).backward()
+    torch.testing.assert_close(loss, ls.cross_entropy(logits, target, eps=0.1))
+    assert shared.grad is not None and shared.grad.shape == shape
+    torch.testing.assert_close(shared.grad.sum(), rows.grad.sum())
+    with torch.no_grad():  # no gradient wanted: a number, as before
+        torch.testing.assert_close(
+            ls.cross_entropy(logits, target, eps=shared), ls.cross_entropy(logits, target, eps=0.1)
+        )
+
+
+def test_one_learnt_rate_is_refused_where_it_would_lose_its_gradient():
+    hidden, weight = torch.randn(3, 4), torch.randn(5, 4)
+    learnt = torch.tensor(0.1, requires_grad=True)
+    with pytest.raises(TypeError, match="eps must be a number, got a tensor that requires grad"):
+        linear_cross_entropy(hidden, weight, torch.tensor([0, 1, 2]), learnt)
+
+
+def test_rates_on_the_meta_device_raise():
+    with pytest.raises(ValueError, match="eps must be on the device of input"):
+        ls.cross_entropy(
+            torch.randn(2, 3), torch.tensor([0, 1]), eps=torch.full((2,), 0.1, device="meta")
+        )
+    with pytest.raises(ValueError, match="eps must be a number, got a tensor on the meta device"):
+        ls.cross_entropy(
+            torch.randn(2, 3), torch.tensor([0, 1]), eps=torch.tensor(0.1, device="meta")
+        )
+
+
+def test_one_traced_rate_under_torch_func():
+    # A 0-dim eps under grad/vmap used to be read with .item(), which a transform forbids.
+    logits, target = torch.randn(4, 5), torch.tensor([1, 1, 2, 3])
+    rates = torch.tensor([0.1, 0.3])
+    batched = torch.func.vmap(lambda e: ls.cross_entropy(logits, target, eps=e))(rates)
+    expected = [ls.cross_entropy(logits, target, eps=float(e)) for e in rates]
+    torch.testing.assert_close(batched, torch.stack(expected))
+    shared = torch.tensor(0.1, requires_grad=True)
+    ls.cross_entropy(logits, target, eps=shared).backward()
+    grad = torch.func.grad(lambda e: ls.cross_entropy(logits, target, eps=e))(torch.tensor(0.1))
+    torch.testing.assert_close(grad, shared.grad)
+
+
+def test_one_rate_tensor_under_torch_compile_fullgraph():
+    # It used to break the graph (.item() of a data-dependent value); now it is runtime data.
+    logits, target = torch.randn(4, 5), torch.tensor([1, 1, 2, 3])
+    compiled = torch.compile(lambda e: ls.cross_entropy(logits, target, eps=e), fullgraph=True)
+    for eps in (0.1, 0.3):
+        torch.testing.assert_close(
+            compiled(torch.tensor(eps)), ls.cross_entropy(logits, target, eps=eps)
+        )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -515,3 +516,32 @@ def test_torch_func_grad_traces_it():
     eager = logits.clone().requires_grad_(True)
     loss(eager).backward()
     torch.testing.assert_close(torch.func.grad(loss)(logits), eager.grad)
+
+
+# --- Regressions from the adversarial review ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.array(1), r"exclude_classes must be a 1-D array .* got shape \(\)"),
+        (np.array([[1]]), r"exclude_classes must be a 1-D array .* got shape \(1, 1\)"),
+        (torch.tensor([1], device="meta"), "exclude_classes must be readable on the host"),
+    ],
+)
+def test_exclude_classes_unreadable_or_not_1d_raises(value, match):
+    logits, target = torch.randn(2, 4), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=match):
+        ls.cross_entropy(logits, target, exclude_classes=value)
+    with pytest.raises(ValueError, match=match):
+        ls.smooth_labels(target, 4, exclude_classes=value)
+
+
+@pytest.mark.parametrize("exclude", [None, [3]])
+def test_cross_entropy_target_on_another_device_raises(exclude):
+    # The meta device stands in for a GPU: it used to fail inside the index check (.item()).
+    logits = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="target must be on the device of input"):
+        ls.cross_entropy(logits, torch.tensor([0, 1], device="meta"), exclude_classes=exclude)
+    with pytest.raises(ValueError, match="target must be on the device of input"):
+        ls.cross_entropy(logits.to("meta"), torch.tensor([0, 1]), exclude_classes=exclude)

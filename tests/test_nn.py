@@ -111,3 +111,18 @@ def test_linear_module_refuses_create_graph_unless_reference():
     got = penalised(ls.nn.LinearLabelSmoothingCrossEntropy(0.1, impl="reference"))
     expected = penalised(lambda h, w, t: ls.cross_entropy(F.linear(h, w), t, 0.1, impl="torch"))
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"weight": "abc"}, TypeError, "weight must be a 1-D tensor of floats"),
+        ({"prior": "abc"}, TypeError, "prior must be a 1-D tensor of floats"),
+        ({"weight": torch.ones(3, dtype=torch.complex64)}, TypeError, "weight must be a real"),
+        ({"weight": torch.tensor([True, False])}, TypeError, "weight must be a real"),
+        ({"weight": {0: 1.0}}, TypeError, "weight must be a 1-D tensor of floats"),
+    ],
+)
+def test_module_class_vectors_of_the_wrong_type_raise_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ls.nn.LabelSmoothingCrossEntropy(**kwargs)

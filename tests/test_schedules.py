@@ -125,3 +125,16 @@ def test_no_triton_kernel_takes_the_rate_as_a_compile_time_constant():
         # or plain scalars, never a specialised constant.
         runtime = [p.name for p in kernel.params if not p.is_constexpr]
         assert any(name.endswith(("_ptr", "PTR")) or name.isupper() for name in runtime)
+
+
+@pytest.mark.parametrize("state", [None, [3], 3])
+def test_load_state_dict_of_a_non_mapping_raises(state):
+    scheduler = EpsScheduler(ls.nn.LabelSmoothingCrossEntropy(), constant(0.1))
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        scheduler.load_state_dict(state)
+
+
+def test_a_schedule_value_that_requires_grad_raises():
+    learnt = torch.tensor(0.1, requires_grad=True)
+    with pytest.raises(TypeError, match=r"schedule\(0\) returned .*requires grad"):
+        EpsScheduler(ls.nn.LabelSmoothingCrossEntropy(), lambda step: learnt)

@@ -534,3 +534,55 @@ def test_module_reprs():
         "MaxSupLoss(eps=0.1, ignore_index=-100, reduction='none')"
     )
     assert list(MaxSupLoss().state_dict()) == []
+
+
+# --- Regressions from the adversarial review ------------------------------------------------
+
+
+def test_confidence_penalty_masked_logit_is_finite_with_finite_gradient():
+    # A -inf (masked) logit has p = 0 and adds 0 log 0 = 0 to the entropy: it used to give
+    # 0 * -inf = nan in the loss and the gradient.
+    masked = torch.tensor([[0.0, -math.inf, 1.0]], requires_grad=True)
+    loss = confidence_penalty(masked, torch.tensor([0]), beta=0.1)
+    loss.backward()
+    kept = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    expected = confidence_penalty(kept, torch.tensor([0]), beta=0.1)
+    expected.backward()
+    assert_close(loss, expected)
+    assert_close(masked.grad, torch.tensor([[kept.grad[0, 0], 0.0, kept.grad[0, 1]]]))
+    with_threshold = confidence_penalty(masked.detach(), torch.tensor([0]), threshold=2.0)
+    assert torch.isfinite(with_threshold)
+
+
+def test_label_relaxation_row_with_only_masked_others_has_zero_gradient():
+    # p_y = 1 exactly (every other logit -inf): inside the credal set, loss 0; the gradient
+    # used to be nan (the log-sum-exp over -inf only was still differentiated).
+    logits = torch.tensor([[0.0, -math.inf, -math.inf], [0.0, 1.0, 2.0]], requires_grad=True)
+    loss = label_relaxation(logits, torch.tensor([0, 0]), alpha=0.1, reduction="sum")
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.equal(logits.grad[0], torch.zeros(3))
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_target_on_another_device_raises(name):
+    logits = torch.randn(3, 4)
+    target = torch.tensor([0, 1, 2], device="meta")
+    with pytest.raises(ValueError, match="target must be on the device of input"):
+        FUNCTIONS[name](logits, target)
+    with pytest.raises(ValueError, match="target must be on the device of input"):
+        FUNCTIONS[name](logits.to("meta"), torch.tensor([0, 1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("fn", "name"),
+    [(maxsup, "eps"), (confidence_penalty, "beta"), (margin_label_smoothing, "alpha")],
+)
+def test_hyperparameter_tensor_that_requires_grad_raises(fn, name):
+    # .item() would silently drop its gradient.
+    value = torch.tensor(0.1, requires_grad=True)
+    with pytest.raises(TypeError, match=f"{name} must be a number, got a tensor that requires"):
+        fn(torch.randn(2, 3), torch.tensor([0, 1]), **{name: value})
+    with torch.no_grad():
+        fn(torch.randn(2, 3), torch.tensor([0, 1]), **{name: value})

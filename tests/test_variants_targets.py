@@ -732,7 +732,7 @@ BAD = [
     (
         lambda: teacher_free_kd(torch.randn(2, 1), torch.zeros(2, dtype=torch.long)),
         ValueError,
-        r"num_classes must be >= 2",
+        r"input with at least 2 classes .* got input of shape \(2, 1\)",
     ),
     (lambda: TeacherFreeKDLoss(temperature=-1.0), ValueError, r"temperature must be > 0"),
     (lambda: virtual_teacher(Y, 4, dtype=torch.long), TypeError, r"dtype must be a floating"),
@@ -774,3 +774,96 @@ def test_focal_alpha_buffer_moves():
     assert "alpha" in module.state_dict()
     assert module.double().alpha.dtype == torch.float64
     assert module.to("meta").alpha.device.type == "meta"
+
+
+# --- Regressions from the adversarial review ------------------------------------------------
+
+
+def test_online_label_smoothing_rejects_non_finite_soft_targets():
+    soft = torch.full((3, 3), 1 / 3)
+    soft[1, 2] = math.nan
+    with pytest.raises(ValueError, match=r"soft_targets must be finite, got nan at \[1, 2\]"):
+        online_label_smoothing(torch.randn(2, 3), torch.tensor([0, 1]), soft)
+
+
+def test_online_label_smoothing_module_does_not_accumulate_nan_rows():
+    # A nan row's argmax can equal its label; its nan probabilities used to be added to
+    # epoch_sum (and nan * 0 for the rows that were not), poisoning S for good.
+    criterion = OnlineLabelSmoothing(num_classes=3)
+    logits = torch.tensor([[math.nan, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, math.inf, 0.0]])
+    criterion(logits, torch.tensor([0, 0, 1]))
+    assert torch.equal(criterion.epoch_count, torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.isfinite(criterion.epoch_sum).all()
+    criterion.epoch_end()
+    assert torch.isfinite(criterion.soft_targets).all()
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0], None])
+def test_online_label_smoothing_module_rejects_non_tensor_input(bad):
+    criterion = OnlineLabelSmoothing(num_classes=2)
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        criterion(bad, torch.tensor(0))
+
+
+@pytest.mark.parametrize("sigma", [1e-300, 1e-20, 1e20, 1e300])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_svls_kernel_extreme_sigma_is_the_limit(sigma, ndim):
+    # sigma**2 used to underflow to 0 (nan kernel) or overflow (OverflowError).
+    kernel = svls_kernel(ndim, sigma=sigma, dtype=torch.float64)
+    assert torch.isfinite(kernel).all()
+    assert kernel.sum().item() == pytest.approx(1.0)
+    centre = (1,) * ndim
+    assert kernel[centre].item() == 0.5
+    neighbours = kernel.clone()
+    neighbours[centre] = 0
+    if sigma < 1:  # the 2 ndim nearest neighbours share 1/2
+        nearest = (neighbours == 0.5 / (2 * ndim)).sum().item()
+        assert nearest == 2 * ndim
+    else:  # every neighbour the same share
+        assert torch.allclose(
+            neighbours[neighbours > 0], torch.tensor(0.5 / (3**ndim - 1)).double()
+        )
+
+
+def test_spatial_label_smoothing_empty_spatial_dimension():
+    logits = torch.randn(2, 3, 0, 4, requires_grad=True)
+    target = torch.zeros(2, 0, 4, dtype=torch.long)
+    loss = spatial_label_smoothing(logits, target)
+    assert loss.item() == 0.0
+    loss.backward()
+    none = spatial_label_smoothing(logits, target, reduction="none")
+    assert none.shape == (2, 0, 4)
+    assert spatial_smooth_labels(target, 3).shape == (2, 3, 0, 4)
+
+
+def test_spatial_label_smoothing_target_on_another_device_raises():
+    with pytest.raises(ValueError, match="target must be on the device of input"):
+        spatial_label_smoothing(
+            torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long, device="meta")
+        )
+
+
+@pytest.mark.parametrize(
+    ("alpha", "error", "match"),
+    [
+        ("abc", TypeError, "alpha must be a 1-D tensor of floats"),
+        (["a", "b"], TypeError, "alpha must be a 1-D tensor of floats"),
+        ({0: 1.0}, TypeError, "alpha must be a 1-D tensor of floats"),
+        (torch.ones(2, dtype=torch.complex64), TypeError, "alpha must be a real"),
+        (torch.tensor([True, False]), TypeError, "alpha must be a real"),
+        (torch.ones(2, 2), ValueError, "alpha must be a 1-D tensor"),
+        (0.25, TypeError, "alpha must be a 1-D tensor of floats"),
+    ],
+)
+def test_focal_module_bad_alpha_raises_at_construction(alpha, error, match):
+    with pytest.raises(error, match=match):
+        FocalLoss(alpha=alpha)
+
+
+def test_focal_alpha_on_meta_device_raises():
+    with pytest.raises(ValueError, match="alpha must be on the device of input"):
+        focal_cross_entropy(
+            torch.randn(2, 3), torch.tensor([0, 1]), alpha=torch.ones(3, device="meta")
+        )
+    # A list stays in the default dtype, as before.
+    assert FocalLoss(alpha=[0.25, 0.75]).alpha.dtype == torch.get_default_dtype()

@@ -15,7 +15,7 @@ weights, a prior that sums to 1) need a host sync, which a tracer cannot do: und
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from numbers import Real
 
 import numpy as np
@@ -179,6 +179,64 @@ def check_logits(input: object, name: str = "input") -> Tensor:
     return input
 
 
+def check_movable(name: str, tensor: Tensor, device: torch.device, ref: str = "input") -> None:
+    """``tensor`` can be copied to ``device`` (that of ``ref``): a "meta" tensor has no values
+    to copy anywhere else; other devices are moved silently."""
+    if tensor.device.type == "meta" and torch.device(device).type != "meta":
+        raise ValueError(
+            f"{name} must be on the device of {ref} ({device}) or on one its values can be "
+            f"copied from, got device={tensor.device}"
+        )
+
+
+def check_same_device(name: str, tensor: Tensor, device: torch.device, ref: str = "input") -> None:
+    """``tensor`` is on ``device`` (that of ``ref``), as PyTorch's ops need."""
+    if tensor.device != device:
+        raise ValueError(
+            f"{name} must be on the device of {ref} ({device}), got device={tensor.device}"
+        )
+
+
+def as_real_tensor(name: str, value: object, *, default_dtype: bool = False) -> Tensor:
+    """A real (float or integer) tensor from a tensor, numpy array or sequence of numbers;
+    strings, objects, bool and complex values are a TypeError naming ``name``. A sequence of
+    floats becomes float64 (numpy's rule), or the default dtype with ``default_dtype``
+    (``torch.as_tensor``'s rule, for a module's buffer)."""
+    if isinstance(value, Tensor):
+        tensor = value
+    else:
+        if isinstance(value, (str, bytes, Mapping, Set)):  # no order, or not numbers
+            raise TypeError(f"{name} must be a 1-D tensor of floats, got {value!r}")
+        try:
+            if default_dtype and not isinstance(value, np.ndarray):
+                tensor = torch.as_tensor(list(value))  # type: ignore[call-overload]
+            else:
+                tensor = torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{name} must be a 1-D tensor of floats, got {value!r}") from err
+    if not (tensor.is_floating_point() or tensor.dtype in _INTEGER_DTYPES):
+        raise TypeError(
+            f"{name} must be a real (float or integer) tensor, got dtype={tensor.dtype}"
+        )
+    return tensor
+
+
+def as_class_vector(name: str, value: object, *, finite: bool = True) -> Tensor:
+    """A 1-D floating tensor of per-class values (class weights, a prior) given to a module
+    before the number of classes is known: real, 1-D and (``finite``, a host sync) finite;
+    integers become the default float dtype."""
+    tensor = as_real_tensor(name, value, default_dtype=True)
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    if tensor.dim() != 1:
+        raise ValueError(
+            f"{name} must be a 1-D tensor (one entry per class), got shape {tuple(tensor.shape)}"
+        )
+    if finite and tensor.device.type != "meta":
+        check_finite_vector(name, tensor)
+    return tensor
+
+
 def as_float_vector(
     name: str,
     value: object,
@@ -187,22 +245,13 @@ def as_float_vector(
     dtype: torch.dtype,
 ) -> Tensor:
     """A length-``num_classes`` floating vector (tensor, numpy array or sequence)."""
-    if isinstance(value, Tensor):
-        tensor = value
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(value))
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{name} must be a 1-D tensor of floats, got {value!r}") from err
-    if not (tensor.is_floating_point() or tensor.dtype in _INTEGER_DTYPES):
-        raise TypeError(
-            f"{name} must be a real (float or integer) tensor, got dtype={tensor.dtype}"
-        )
+    tensor = as_real_tensor(name, value)
     if tensor.shape != (num_classes,):
         raise ValueError(
             f"{name} must have shape ({num_classes},) (one entry per class), "
             f"got shape {tuple(tensor.shape)}"
         )
+    check_movable(name, tensor, device)
     return tensor.to(device=device, dtype=dtype)
 
 
@@ -437,11 +486,23 @@ def check_real(
     *,
     minimum: float | None = None,
     strict: bool = False,
+    allow_grad: bool = False,
 ) -> float:
-    """A finite real number (a 1-element tensor is accepted), ``>= minimum`` (``>`` if strict)."""
+    """A finite real number (a 1-element tensor is accepted), ``>= minimum`` (``>`` if strict).
+
+    A tensor that requires grad (under grad mode) is a TypeError, since reading it as a number
+    would silently lose its gradient, unless ``allow_grad`` (a value only reported, such as a
+    loss handed to a diagnostic)."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
+        if value.requires_grad and torch.is_grad_enabled() and not allow_grad:
+            raise TypeError(
+                f"{name} must be a number, got a tensor that requires grad (its gradient would "
+                f"be lost: pass {name}.item(), or detach it)"
+            )
+        if value.device.type == "meta":
+            raise ValueError(f"{name} must be a number, got a tensor on the meta device")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {name}={value!r}")
@@ -561,10 +622,11 @@ def check_exclude_classes(
                 f"{name} must be a 1-D tensor (or a sequence) of class indices, "
                 f"got shape {tuple(value.shape)}"
             )
-        if tracing(value):
+        if tracing(value) or value.device.type == "meta":
             raise ValueError(
                 f"{name} must be readable on the host (a sequence of ints or an eager tensor), "
-                f"got a tensor traced by torch.compile or a torch.func transform"
+                f"got a tensor traced by torch.compile or a torch.func transform, or on the "
+                f"meta device"
             )
         items: list[object] = list(value.tolist())
     elif isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray, range)):
@@ -572,6 +634,11 @@ def check_exclude_classes(
             f"{name} must be None, a sequence of ints or a 1-D integer tensor, got {value!r}"
         )
     else:
+        if isinstance(value, np.ndarray) and value.ndim != 1:
+            raise ValueError(
+                f"{name} must be a 1-D array (or a sequence) of class indices, "
+                f"got shape {value.shape}"
+            )
         items = list(value)
     indices: list[int] = []
     for item in items:
@@ -650,9 +717,13 @@ def check_prior_on_kept(prior: Tensor | None, exclude: tuple[int, ...] | None) -
 
 
 def is_eps_rows(eps: object) -> bool:
-    """Whether ``eps`` is a tensor of per-element rates (more than one element); a 0-dim or
-    1-element tensor is a number (:func:`check_real`)."""
-    return isinstance(eps, Tensor) and eps.numel() != 1
+    """Whether ``eps`` is a tensor of per-element rates: more than one element, or one element
+    that requires grad under grad mode (a learnt rate shared by every element, whose gradient
+    :func:`check_real` would lose) or that is traced (``torch.compile``, ``torch.func``: its
+    value cannot be read). Any other 0-dim or 1-element tensor is a number."""
+    if not isinstance(eps, Tensor):
+        return False
+    return eps.numel() != 1 or (eps.requires_grad and torch.is_grad_enabled()) or tracing(eps)
 
 
 def check_eps_rows(
@@ -675,11 +746,14 @@ def check_eps_rows(
         raise TypeError(
             f"eps must be a number or a floating tensor of rates, got dtype={eps.dtype}"
         )
+    if eps.numel() == 1 and tuple(eps.shape) != tuple(batch_shape):
+        eps = eps.reshape(()).expand(tuple(batch_shape))  # one learnt rate for every element
     if tuple(eps.shape) != tuple(batch_shape):
         raise ValueError(
             f"eps must be a number or a tensor of per-element rates of the batch shape "
             f"{tuple(batch_shape)} (the target's shape), got shape {tuple(eps.shape)}"
         )
+    check_movable("eps", eps, device)
     rows = eps.reshape(-1).to(device=device, dtype=dtype)
     kept = num_classes - (len(exclude) if exclude else 0)
     if style == "others" and kept < 2:

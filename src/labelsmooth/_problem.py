@@ -129,6 +129,7 @@ def prepare(
         raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if input.dim() == 0:
         raise ValueError("input must have a class dimension, got a 0-dim tensor")
+    _checks.check_same_device("target", target, input.device)
     style = _checks.check_style(style)
     reduction = _checks.check_reduction(reduction)
     kl = _checks.check_flag("kl", kl)

@@ -490,7 +490,7 @@ def _check_loss(loss: object) -> float | None:
         loss = loss.reshape(()).item()
     if isinstance(loss, np.generic):
         loss = loss.item()
-    return _checks.check_real("loss", loss)
+    return _checks.check_real("loss", loss, allow_grad=True)  # only reported: no gradient
 
 
 def _check_eps(eps: object, style: str | None, num_classes: int) -> tuple[float | None, list[str]]:

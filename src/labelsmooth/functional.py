@@ -172,6 +172,8 @@ def _native_applies(
         return False
     if input.dtype not in _NATIVE_COMPUTE_DTYPE or target.dtype not in _NATIVE_INDEX_DTYPES:
         return False
+    if target.device != input.device:
+        return False  # the general path names the argument
     ndim = input.dim()
     if ndim == 0 or target.dim() != ndim - 1:
         return False
@@ -610,7 +612,10 @@ def cross_entropy(
             to the rates under every ``impl``: the fused kernels differentiate only with
             respect to the logits, so a rate tensor that requires a gradient (under grad
             mode) sends the call to the closed form (``"torch"``) through autograd, as a
-            class weight or prior that requires a gradient does.
+            class weight or prior that requires a gradient does. A 0-dim or 1-element
+            tensor is one rate for every element: read as a number, or, when it requires a
+            gradient (under grad mode) or is traced (``torch.compile``, ``torch.func``),
+            expanded to the batch shape, so that it keeps its gradient and is runtime data.
         style: ``"uniform"`` (eps/K on every class) or ``"others"`` (eps/(K-1) on the others).
         prior: length-K distribution for ``"uniform"`` smoothing towards a class prior.
         weight: length-K class weights, as in ``F.cross_entropy``.

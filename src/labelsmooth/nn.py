@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
+import torch  # noqa: F401 - the docstring examples use it
 from torch import Tensor, nn
 
 from . import _checks
@@ -43,14 +43,8 @@ __all__ = [
 
 
 def _as_buffer(name: str, value: Tensor | Sequence[float] | None) -> Tensor | None:
-    if value is None:
-        return None
-    tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
-    if not tensor.is_floating_point():
-        tensor = tensor.to(torch.get_default_dtype())
-    if tensor.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(tensor.shape)}")
-    return tensor
+    # Finite values are checked at each call, by the loss (the buffer may change).
+    return None if value is None else _checks.as_class_vector(name, value, finite=False)
 
 
 class LabelSmoothingCrossEntropy(nn.Module):

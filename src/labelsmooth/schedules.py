@@ -33,7 +33,7 @@ receive it as a runtime argument, not a compile-time constant).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,47 +77,52 @@ class constant:  # noqa: N801 - a schedule is used like a function: ls.schedules
 
 
 @dataclass(frozen=True)
-class linear:  # noqa: N801
+class _Ramp:
+    """From ``start`` (step 0) to ``end`` (step ``steps``), then ``end``; the shape is the
+    subclass's :meth:`shape` of the fraction of the way done."""
+
+    start: float
+    end: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", _checks.check_real("start", self.start))
+        object.__setattr__(self, "end", _checks.check_real("end", self.end))
+        object.__setattr__(self, "steps", _check_steps(self.steps))
+
+    @staticmethod
+    def shape(fraction: float) -> float:
+        raise NotImplementedError
+
+    def __call__(self, step: int) -> float:
+        fraction = min(_check_step(step), self.steps) / self.steps
+        return self.start + (self.end - self.start) * self.shape(fraction)
+
+
+@dataclass(frozen=True)
+class linear(_Ramp):  # noqa: N801
     """eps goes linearly from ``start`` (step 0) to ``end`` (step ``steps``), then stays.
 
     >>> linear(0.0, 0.1, steps=10)(5)
     0.05
     """
 
-    start: float
-    end: float
-    steps: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _checks.check_real("start", self.start))
-        object.__setattr__(self, "end", _checks.check_real("end", self.end))
-        object.__setattr__(self, "steps", _check_steps(self.steps))
-
-    def __call__(self, step: int) -> float:
-        fraction = min(_check_step(step), self.steps) / self.steps
-        return self.start + (self.end - self.start) * fraction
+    @staticmethod
+    def shape(fraction: float) -> float:
+        return fraction
 
 
 @dataclass(frozen=True)
-class cosine:  # noqa: N801
+class cosine(_Ramp):  # noqa: N801
     """eps follows half a cosine from ``start`` (step 0) to ``end`` (step ``steps``), then stays.
 
     >>> round(cosine(0.2, 0.0, steps=10)(5), 6)
     0.1
     """
 
-    start: float
-    end: float
-    steps: int
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", _checks.check_real("start", self.start))
-        object.__setattr__(self, "end", _checks.check_real("end", self.end))
-        object.__setattr__(self, "steps", _check_steps(self.steps))
-
-    def __call__(self, step: int) -> float:
-        fraction = min(_check_step(step), self.steps) / self.steps
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    @staticmethod
+    def shape(fraction: float) -> float:
+        return 0.5 * (1.0 - math.cos(math.pi * fraction))
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,10 @@ class EpsScheduler:
         return {"last_step": self.last_step}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"state_dict must be a mapping (from state_dict()), got {type(state_dict).__name__}"
+            )
         last_step = _checks.check_int("last_step", state_dict.get("last_step"))
         if last_step < 0:
             raise ValueError(f"last_step must be >= 0 in a saved state, got {last_step}")

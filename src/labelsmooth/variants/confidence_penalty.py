@@ -6,6 +6,8 @@ Confident Output Distributions", ICLR 2017 (workshop track), arXiv:1701.06548.
 
 from __future__ import annotations
 
+import math
+
 import torch  # noqa: F401 - the docstring examples use it
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -74,7 +76,10 @@ def confidence_penalty(
         threshold = _checks.check_real("threshold", threshold, minimum=0.0)
     logits, problem = rows(input, target, ignore_index, reduction)
     log_p = F.log_softmax(logits, dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(-1)
+    # p log p with 0 log 0 = 0: a masked (-inf) logit adds nothing to the entropy, and nothing
+    # (not nan) to the gradient (the derivative of p log p in p is then finite, times p = 0).
+    finite_log_p = log_p.masked_fill(log_p == -math.inf, 0.0)
+    entropy = -(log_p.exp() * finite_log_p).sum(-1)
     penalty = -entropy if threshold is None else (threshold - entropy).clamp_min(0.0)
     loss = F.nll_loss(log_p, problem.target, reduction="none") + beta * penalty
     return reduce(loss, problem, input.dtype)

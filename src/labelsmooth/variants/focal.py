@@ -160,17 +160,7 @@ class FocalLoss(nn.Module):
         self.style = _checks.check_style(style)
         self.reduction = _checks.check_reduction(reduction)
         self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        alpha_t: Tensor | None = None
-        if alpha is not None:
-            alpha_t = alpha if isinstance(alpha, Tensor) else torch.as_tensor(alpha)
-            if not alpha_t.is_floating_point():
-                alpha_t = alpha_t.to(torch.get_default_dtype())
-            if alpha_t.dim() != 1:
-                raise ValueError(
-                    f"alpha must be a 1-D tensor (one weight per class), "
-                    f"got shape {tuple(alpha_t.shape)}"
-                )
-            _checks.check_finite_vector("alpha", alpha_t)
+        alpha_t = None if alpha is None else _checks.as_class_vector("alpha", alpha)
         num_classes = None if alpha_t is None else alpha_t.shape[0]
         self.eps = _checks.check_eps(eps, num_classes, self.style)
         self.register_buffer("alpha", alpha_t)

@@ -78,12 +78,15 @@ def label_relaxation(
     log_z = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(-1, problem.target[:, None]).squeeze(-1)
     log_p_y = picked - log_z
-    # log(1 - p_y), stable when p_y is close to 1: the log-sum-exp of the other logits.
+    inside = log_p_y >= (math.log(1.0 - alpha) if alpha < 1.0 else -math.inf)
+    # log(1 - p_y), stable when p_y is close to 1: the log-sum-exp of the other logits. Rows
+    # inside the credal set (loss 0) take zeros instead, so that one whose other logits are
+    # all -inf (p_y = 1) gets a zero gradient, not the nan of a log-sum-exp over -inf only.
     is_target = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, problem.target[:, None], 1)
-    log_rest = torch.logsumexp(logits.masked_fill(is_target, -math.inf), dim=-1) - log_z
+    rest = logits.masked_fill(is_target, -math.inf).masked_fill(inside[:, None], 0.0)
+    log_rest = torch.logsumexp(rest, dim=-1) - log_z
     constant = _xlogx(1.0 - alpha) + _xlogx(alpha)
     divergence = constant - (1.0 - alpha) * log_p_y - alpha * log_rest
-    inside = log_p_y >= (math.log(1.0 - alpha) if alpha < 1.0 else -math.inf)
     loss = torch.where(inside, 0.0, divergence)
     return reduce(loss, problem, input.dtype)
 

@@ -37,8 +37,12 @@ def _online_label_smoothing(
     alpha: float,
     ignore_index: int,
     reduction: str,
+    check_values: bool = True,
 ) -> tuple[Tensor, Tensor, CrossEntropyProblem]:
-    """The reduced loss, the (M, K) log-probabilities and the checked problem."""
+    """The reduced loss, the (M, K) log-probabilities and the checked problem.
+
+    ``check_values``: that ``soft_targets`` is finite (a host sync, skipped while tracing);
+    the module passes False for its own buffer, which it keeps finite itself."""
     problem = index_problem(input, target, ignore_index, reduction)
     num_classes = problem.num_classes
     alpha = check_unit("alpha", alpha)
@@ -58,6 +62,14 @@ def _online_label_smoothing(
             f"soft_targets must be on the device of input ({problem.logits.device}), "
             f"got device={soft_targets.device}"
         )
+    if check_values and soft_targets.numel() and not _checks.tracing(soft_targets):
+        finite = torch.isfinite(soft_targets)
+        if not bool(finite.all()):
+            row, col = ((~finite).nonzero()[0]).tolist()
+            raise ValueError(
+                f"soft_targets must be finite, got {float(soft_targets[row, col])} at "
+                f"[{row}, {col}]"
+            )
     dtype = problem.compute_dtype
     log_probs = F.log_softmax(problem.logits.to(dtype), dim=-1)
     rows = problem.target
@@ -94,7 +106,8 @@ def online_label_smoothing(
     Args:
         input: logits (C,), (N, C) or (N, C, d1, ..., dk); any floating dtype.
         target: class indices (), (N) or (N, d1, ..., dk), integer.
-        soft_targets: the (C, C) matrix :math:`S`, row y the soft target of class y.
+        soft_targets: the (C, C) matrix :math:`S`, row y the soft target of class y, on the
+            input's device; finite (checked on the host, except while traced).
         alpha: weight of the hard-label cross-entropy, in [0, 1] (1: plain cross-entropy).
         ignore_index: target value whose elements contribute nothing.
         reduction: ``"none"`` | ``"mean"`` (over non-ignored elements) | ``"sum"``.
@@ -191,7 +204,8 @@ class OnlineLabelSmoothing(nn.Module):
         self.register_buffer("epoch_count", torch.zeros(k))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        if isinstance(input, Tensor) and input.dim() > 0:
+        input = _checks.check_logits(input)
+        if input.dim() > 0:
             classes = input.shape[0 if input.dim() == 1 else 1]
             if classes != self.num_classes:
                 raise ValueError(
@@ -199,7 +213,13 @@ class OnlineLabelSmoothing(nn.Module):
                     f"{0 if input.dim() == 1 else 1}), got shape {tuple(input.shape)}"
                 )
         loss, log_probs, problem = _online_label_smoothing(
-            input, target, self.soft_targets, self.alpha, self.ignore_index, self.reduction
+            input,
+            target,
+            self.soft_targets,
+            self.alpha,
+            self.ignore_index,
+            self.reduction,
+            check_values=False,
         )
         if self.training:
             self._accumulate(log_probs.detach(), problem)
@@ -210,9 +230,11 @@ class OnlineLabelSmoothing(nn.Module):
         rows = problem.target
         valid = problem.valid
         assert valid is not None
-        correct = (log_probs.argmax(-1) == rows) & valid
+        # A row with a nan (from nan or +inf logits) would make argmax pick it and poison its
+        # class's soft target for good: such rows are not accumulated.
+        correct = (log_probs.argmax(-1) == rows) & valid & ~log_probs.isnan().any(-1)
         weight = correct.to(self.epoch_sum.dtype)
-        probs = log_probs.exp().to(self.epoch_sum.dtype) * weight.unsqueeze(1)
+        probs = torch.where(correct.unsqueeze(1), log_probs.exp(), 0.0).to(self.epoch_sum.dtype)
         self.epoch_sum.index_add_(0, rows, probs)
         self.epoch_count.index_add_(0, rows, weight.to(self.epoch_count.dtype))
 

@@ -84,7 +84,10 @@ def svls_kernel(
     grids = torch.meshgrid(*([offsets] * ndim), indexing="ij")
     squared = sum(grid.square() for grid in grids)
     centre = (size // 2,) * ndim
-    logits = -squared / (2.0 * sigma**2)
+    # Shifted so that the nearest neighbours (|d| = 1) have logit 0, and divided by sigma twice
+    # rather than by 2 sigma^2: sigma = 1e-300 gives them 1/(2 ndim) each (the limit) instead
+    # of 0/0, and sigma = 1e300 a uniform share instead of an overflow.
+    logits = -((squared - 1.0) / (2.0 * sigma)) / sigma
     logits[centre] = -torch.inf
     kernel = 0.5 * torch.softmax(logits.flatten(), 0).reshape(logits.shape)
     kernel[centre] = 0.5
@@ -102,6 +105,9 @@ def _soft_targets(
     """(N, K, *spatial) soft targets and the (N, *spatial) mask of non-ignored pixels."""
     ndim = target.dim() - 1
     valid = target != ignore_index
+    if target.numel() == 0:  # replicate padding refuses empty spatial dimensions
+        shape = (target.shape[0], num_classes, *target.shape[1:])
+        return torch.zeros(shape, dtype=dtype, device=target.device), valid
     rows = torch.where(valid, target.long(), 0)
     one_hot = F.one_hot(rows, num_classes).to(dtype) * valid.unsqueeze(-1).to(dtype)
     # The mask of labelled pixels travels as channel K: blurred the same way it gives the
@@ -229,6 +235,7 @@ def spatial_label_smoothing(
         raise ValueError(f"input must have at least one class, got shape {tuple(input.shape)}")
     batch_shape = (input.shape[0], *input.shape[2:])
     target = _check_label_map(target, batch_shape)
+    _checks.check_same_device("target", target, input.device)
     sigma, size = _check_kernel_args(sigma, kernel_size)
     ignore_index = _checks.check_int("ignore_index", ignore_index)
     reduction = _checks.check_reduction(reduction)

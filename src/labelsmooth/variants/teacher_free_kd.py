@@ -158,6 +158,11 @@ def teacher_free_kd(
         tensor(0.2588)
     """
     problem = index_problem(input, target, ignore_index, reduction)
+    if problem.num_classes < 2:
+        raise ValueError(
+            f"teacher_free_kd needs input with at least 2 classes (the teacher spreads "
+            f"1 - correct_prob over the others), got input of shape {tuple(input.shape)}"
+        )
     k, a, t = _check_teacher(problem.num_classes, correct_prob, temperature)
     alpha = check_unit("alpha", alpha)
     multiplier = _checks.check_real("multiplier", multiplier, minimum=0.0)
