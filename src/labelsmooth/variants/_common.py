@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .. import _checks
 from .._problem import CrossEntropyProblem, prepare
@@ -67,3 +67,26 @@ def rows(
     """:func:`index_problem`, and its (M, K) logits in the compute dtype."""
     problem = index_problem(input, target, ignore_index, reduction)
     return problem.logits.to(problem.compute_dtype), problem
+
+
+class IndexedLossModule(nn.Module):
+    """Base of the variants' modules: checks and holds ``ignore_index`` and ``reduction``, and
+    prints the subclass's own arguments (:meth:`arguments`) before them."""
+
+    def __init__(self, ignore_index: int, reduction: str) -> None:
+        super().__init__()
+        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
+        self.reduction = _checks.check_reduction(reduction)
+
+    def arguments(self) -> list[str]:
+        """``name=value`` of the subclass's own arguments, for the repr."""
+        return []
+
+    def extra_repr(self) -> str:
+        return ", ".join(
+            [
+                *self.arguments(),
+                f"ignore_index={self.ignore_index}",
+                f"reduction={self.reduction!r}",
+            ]
+        )

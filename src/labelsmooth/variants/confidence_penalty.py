@@ -10,10 +10,10 @@ import math
 
 import torch  # noqa: F401 - the docstring examples use it
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
-from ._common import reduce, rows
+from ._common import IndexedLossModule, reduce, rows
 
 __all__ = ["ConfidencePenaltyLoss", "confidence_penalty"]
 
@@ -85,7 +85,7 @@ def confidence_penalty(
     return reduce(loss, problem, input.dtype)
 
 
-class ConfidencePenaltyLoss(nn.Module):
+class ConfidencePenaltyLoss(IndexedLossModule):
     """Module form of :func:`confidence_penalty`: holds its keyword arguments.
 
     Example:
@@ -104,13 +104,11 @@ class ConfidencePenaltyLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.beta = _checks.check_real("beta", beta, minimum=0.0)
         self.threshold = (
             None if threshold is None else _checks.check_real("threshold", threshold, minimum=0.0)
         )
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return confidence_penalty(
@@ -122,9 +120,6 @@ class ConfidencePenaltyLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def extra_repr(self) -> str:
-        parts = [f"beta={self.beta}"]
-        if self.threshold is not None:
-            parts.append(f"threshold={self.threshold}")
-        parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
-        return ", ".join(parts)
+    def arguments(self) -> list[str]:
+        threshold = [] if self.threshold is None else [f"threshold={self.threshold}"]
+        return [f"beta={self.beta}", *threshold]

@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
 from ..targets import smoothing_coefficients
-from ._common import index_problem, reduce
+from ._common import IndexedLossModule, index_problem, reduce
 
 __all__ = ["FocalLoss", "focal_cross_entropy"]
 
@@ -133,7 +133,7 @@ def focal_cross_entropy(
     return reduce(loss, problem, input.dtype)
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(IndexedLossModule):
     """Module form of :func:`focal_cross_entropy` (focal loss, Lin et al. ICCV 2017, on
     label-smoothed targets). ``alpha`` is registered as a buffer (it moves with ``.to()``).
 
@@ -155,11 +155,9 @@ class FocalLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.gamma = _checks.check_real("gamma", gamma, minimum=0.0)
         self.style = _checks.check_style(style)
-        self.reduction = _checks.check_reduction(reduction)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
         alpha_t = None if alpha is None else _checks.as_class_vector("alpha", alpha)
         num_classes = None if alpha_t is None else alpha_t.shape[0]
         self.eps = _checks.check_eps(eps, num_classes, self.style)
@@ -177,9 +175,8 @@ class FocalLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def extra_repr(self) -> str:
+    def arguments(self) -> list[str]:
         parts = [f"gamma={self.gamma}", f"eps={self.eps}", f"style={self.style!r}"]
         if self.alpha is not None:
             parts.append(f"alpha=<{self.alpha.shape[0]} classes>")
-        parts += [f"ignore_index={self.ignore_index}", f"reduction={self.reduction!r}"]
-        return ", ".join(parts)
+        return parts

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
-from ._common import reduce, rows
+from ._common import IndexedLossModule, reduce, rows
 
 __all__ = ["LabelRelaxationLoss", "label_relaxation"]
 
@@ -104,7 +104,7 @@ def _xlogx(value: float) -> float:
     return value * math.log(value) if value > 0 else 0.0
 
 
-class LabelRelaxationLoss(nn.Module):
+class LabelRelaxationLoss(IndexedLossModule):
     """Module form of :func:`label_relaxation`: holds its keyword arguments.
 
     Example:
@@ -122,10 +122,8 @@ class LabelRelaxationLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.alpha = _check_alpha(alpha)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return label_relaxation(
@@ -136,5 +134,5 @@ class LabelRelaxationLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+    def arguments(self) -> list[str]:
+        return [f"alpha={self.alpha}"]

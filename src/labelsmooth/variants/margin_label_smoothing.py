@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch  # noqa: F401 - the docstring examples use it
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
-from ._common import reduce, rows
+from ._common import IndexedLossModule, reduce, rows
 
 __all__ = ["MarginLabelSmoothingLoss", "margin_label_smoothing"]
 
@@ -77,7 +77,7 @@ def margin_label_smoothing(
     return reduce(loss, problem, input.dtype)
 
 
-class MarginLabelSmoothingLoss(nn.Module):
+class MarginLabelSmoothingLoss(IndexedLossModule):
     """Module form of :func:`margin_label_smoothing`: holds its keyword arguments.
 
     Example:
@@ -96,11 +96,9 @@ class MarginLabelSmoothingLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.margin = _checks.check_real("margin", margin, minimum=0.0)
         self.alpha = _checks.check_real("alpha", alpha, minimum=0.0)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return margin_label_smoothing(
@@ -112,8 +110,5 @@ class MarginLabelSmoothingLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"margin={self.margin}, alpha={self.alpha}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}"
-        )
+    def arguments(self) -> list[str]:
+        return [f"margin={self.margin}", f"alpha={self.alpha}"]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch  # noqa: F401 - the docstring examples use it
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
-from ._common import reduce, rows
+from ._common import IndexedLossModule, reduce, rows
 
 __all__ = ["MaxSupLoss", "maxsup"]
 
@@ -75,7 +75,7 @@ def maxsup(
     return reduce(loss, problem, input.dtype)
 
 
-class MaxSupLoss(nn.Module):
+class MaxSupLoss(IndexedLossModule):
     """Module form of :func:`maxsup`: holds its keyword arguments.
 
     ``eps`` is a plain attribute, so a training loop can follow the authors' schedule
@@ -96,15 +96,13 @@ class MaxSupLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.eps = _checks.check_real("eps", eps, minimum=0.0)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return maxsup(
             input, target, self.eps, ignore_index=self.ignore_index, reduction=self.reduction
         )
 
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+    def arguments(self) -> list[str]:
+        return [f"eps={self.eps}"]

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
 from .._problem import CrossEntropyProblem
-from ._common import check_unit, index_problem, reduce
+from ._common import IndexedLossModule, check_unit, index_problem, reduce
 
 __all__ = ["OnlineLabelSmoothing", "online_label_smoothing"]
 
@@ -131,7 +131,7 @@ def online_label_smoothing(
     return loss
 
 
-class OnlineLabelSmoothing(nn.Module):
+class OnlineLabelSmoothing(IndexedLossModule):
     r"""Online label smoothing (Zhang et al., "Delving Deep into Label Smoothing", IEEE TIP
     2021): the loss of :func:`online_label_smoothing` with a soft-target matrix that the
     module learns from the model's predictions, one epoch at a time.
@@ -189,14 +189,12 @@ class OnlineLabelSmoothing(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.num_classes = _checks.check_int("num_classes", num_classes)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got num_classes={self.num_classes}")
         self.alpha = check_unit("alpha", alpha)
         self.init = _checks.check_choice("init", init, _INITS)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
         k = self.num_classes
         start = torch.full((k, k), 1.0 / k) if self.init == "uniform" else torch.zeros(k, k)
         self.register_buffer("soft_targets", start)
@@ -249,8 +247,5 @@ class OnlineLabelSmoothing(nn.Module):
         self.epoch_sum.zero_()
         self.epoch_count.zero_()
 
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, alpha={self.alpha}, init={self.init!r}, "
-            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
-        )
+    def arguments(self) -> list[str]:
+        return [f"num_classes={self.num_classes}", f"alpha={self.alpha}", f"init={self.init!r}"]

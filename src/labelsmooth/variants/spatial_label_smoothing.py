@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
-from ._common import reduce_masked
+from ._common import IndexedLossModule, reduce_masked
 
 __all__ = [
     "SpatialLabelSmoothingLoss",
@@ -249,7 +249,7 @@ def spatial_label_smoothing(
     return reduce_masked(loss, valid, reduction, input.dtype)
 
 
-class SpatialLabelSmoothingLoss(nn.Module):
+class SpatialLabelSmoothingLoss(IndexedLossModule):
     """Module form of :func:`spatial_label_smoothing` (SVLS, Islam and Glocker, IPMI 2021).
 
     Example:
@@ -268,10 +268,8 @@ class SpatialLabelSmoothingLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.sigma, self.kernel_size = _check_kernel_args(sigma, kernel_size)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return spatial_label_smoothing(
@@ -283,8 +281,5 @@ class SpatialLabelSmoothingLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"sigma={self.sigma}, kernel_size={self.kernel_size}, "
-            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
-        )
+    def arguments(self) -> list[str]:
+        return [f"sigma={self.sigma}", f"kernel_size={self.kernel_size}"]

@@ -23,10 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import _checks
-from ._common import check_unit, index_problem, reduce
+from ._common import IndexedLossModule, check_unit, index_problem, reduce
 
 __all__ = ["TeacherFreeKDLoss", "teacher_free_kd", "virtual_teacher"]
 
@@ -179,7 +179,7 @@ def teacher_free_kd(
     return reduce(loss, problem, input.dtype)
 
 
-class TeacherFreeKDLoss(nn.Module):
+class TeacherFreeKDLoss(IndexedLossModule):
     r"""Module form of :func:`teacher_free_kd` (Tf-KD\ :sub:`reg`, Yuan et al., CVPR 2020).
 
     Example:
@@ -201,13 +201,11 @@ class TeacherFreeKDLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
+        super().__init__(ignore_index, reduction)
         self.correct_prob = check_unit("correct_prob", correct_prob)
         self.temperature = _checks.check_real("temperature", temperature, minimum=0.0, strict=True)
         self.alpha = check_unit("alpha", alpha)
         self.multiplier = _checks.check_real("multiplier", multiplier, minimum=0.0)
-        self.ignore_index = _checks.check_int("ignore_index", ignore_index)
-        self.reduction = _checks.check_reduction(reduction)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return teacher_free_kd(
@@ -221,9 +219,10 @@ class TeacherFreeKDLoss(nn.Module):
             reduction=self.reduction,
         )
 
-    def extra_repr(self) -> str:
-        return (
-            f"correct_prob={self.correct_prob}, temperature={self.temperature}, "
-            f"alpha={self.alpha}, multiplier={self.multiplier}, "
-            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}"
-        )
+    def arguments(self) -> list[str]:
+        return [
+            f"correct_prob={self.correct_prob}",
+            f"temperature={self.temperature}",
+            f"alpha={self.alpha}",
+            f"multiplier={self.multiplier}",
+        ]
