@@ -14,7 +14,17 @@ from .. import _checks
 from ..metrics import MAX_BINS
 from .train import SELECT_RULES
 
-EXPERIMENTS = ("sweep", "noise", "distillation", "multilabel", "variants")
+EXPERIMENTS = (
+    "sweep",
+    "noise",
+    "nls",
+    "distillation",
+    "lr",
+    "multilabel",
+    "sequence",
+    "variants",
+)
+NOISE_KINDS = ("symmetric", "pairflip")
 
 
 class ConfigError(ValueError):
@@ -50,12 +60,41 @@ class StudyConfig:
     overconfident_data: str = "auto"
     overconfident_train_size: int = 300
     overconfident_epochs: int = 200
+    # label noise: the rates and kinds (symmetric: any other class; pairflip: class k -> k+1)
     noise_rates: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6)
-    noise_eps: tuple[float, ...] = (-0.4, -0.2, 0.0, 0.1, 0.2, 0.4)
+    noise_kinds: tuple[str, ...] = NOISE_KINDS
+    # positive eps arms of the noise experiment (negative eps: nls_eps, fine-tuned)
+    noise_eps: tuple[float, ...] = (0.1, 0.2, 0.4)
+    # generalised (negative) label smoothing as Wei et al. (2022) train it: a CE warm-up kept at
+    # its best validation epoch, then nls_epochs of fine-tuning at nls_lr with each eps
+    nls_eps: tuple[float, ...] = (-0.2, -0.5, -1.0, -2.0)
+    nls_noise_rates: tuple[float, ...] = (0.0, 0.4, 0.6)
+    nls_lr: float = 1e-4
+    nls_epochs: int = 30
+    # distillation: teachers on part of the training split, students on the held-out rest
     teacher_eps: float = 0.1
     temperatures: tuple[float, ...] = (1.0, 2.0, 4.0)
     student_width: int = 32
+    transfer_fraction: float = 0.5
+    # Mueller et al. (2019) section 4: std of the Gaussian input noise, and draws per example
+    mi_noise_std: float = 0.5
+    mi_draws: int = 64
+    # learning rate x eps grid
+    lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3, 1e-2)
+    lr_eps: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2)
+    # multi-label: eps of the binary smoothing arms, crossed with these learning rates
     multilabel_eps: tuple[float, ...] = (0.0, 0.05, 0.1)
+    multilabel_lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    # token-level experiment: a small Transformer language model on `text` ("" = the Python
+    # documentation in pydoc_data.topics)
+    text: str = ""
+    sequence_eps: tuple[float, ...] = (0.0, 0.1)
+    sequence_vocab: int = 4000
+    sequence_length: int = 64
+    sequence_width: int = 128
+    sequence_layers: int = 2
+    sequence_epochs: int = 6
+    sequence_max_tokens: int = 0  # 0: every token of the text
     projection_classes: tuple[int, int, int] = (0, 1, 2)
     max_train: int = 0  # 0: use every training example
     device: str = "cpu"
@@ -102,6 +141,18 @@ QUICK = {
     "overconfident_epochs": 60,
     "overconfident_train_size": 300,
     "seeds": (0, 1, 2),
+    "noise_rates": (0.2, 0.4),
+    "noise_eps": (0.1, 0.4),
+    "nls_eps": (-0.5, -2.0),
+    "nls_noise_rates": (0.0, 0.4),
+    "nls_epochs": 10,
+    "temperatures": (1.0, 4.0),
+    "lr_grid": (1e-3, 1e-2),
+    "lr_eps": (0.0, 0.1),
+    "multilabel_eps": (0.0, 0.1),
+    "multilabel_lrs": (1e-3, 1e-2),
+    "sequence_epochs": 2,
+    "sequence_max_tokens": 40000,
 }
 
 _TUPLE_TYPES = {
@@ -110,9 +161,16 @@ _TUPLE_TYPES = {
     "styles": str,
     "seeds": int,
     "noise_rates": float,
+    "noise_kinds": str,
     "noise_eps": float,
+    "nls_eps": float,
+    "nls_noise_rates": float,
     "temperatures": float,
+    "lr_grid": float,
+    "lr_eps": float,
     "multilabel_eps": float,
+    "multilabel_lrs": float,
+    "sequence_eps": float,
     "projection_classes": int,
 }
 
@@ -250,9 +308,47 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
         "student_width",
         "overconfident_train_size",
         "overconfident_epochs",
+        "nls_epochs",
+        "mi_draws",
+        "sequence_vocab",
+        "sequence_length",
+        "sequence_width",
+        "sequence_layers",
+        "sequence_epochs",
     ):
         _check_positive(name, getattr(config, name))
-    _check_positive("lr", config.lr)
+    for name in ("lr", "nls_lr", "mi_noise_std"):
+        _check_positive(name, getattr(config, name))
+        if not math.isfinite(getattr(config, name)):
+            raise ConfigError(f"{name} must be finite, got {getattr(config, name)}")
+    for name in ("lr_grid", "multilabel_lrs"):
+        for value in getattr(config, name):
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name}: {value} must be > 0 and finite")
+    for kind in config.noise_kinds:
+        if kind not in NOISE_KINDS:
+            raise ConfigError(
+                f"noise_kinds: unknown {kind!r}; choose from {', '.join(NOISE_KINDS)}"
+            )
+    for eps in config.noise_eps:
+        if not 0 < eps < 1:
+            raise ConfigError(
+                f"noise_eps: {eps} must be in (0, 1) (negative eps is fine-tuned: nls_eps)"
+            )
+    for eps in config.nls_eps:
+        if not (eps < 0 and math.isfinite(eps)):
+            raise ConfigError(f"nls_eps: {eps} must be negative (and finite)")
+    for rate in config.nls_noise_rates:
+        if not 0 <= rate < 1:
+            raise ConfigError(f"nls_noise_rates: {rate} is outside [0, 1)")
+    if not 0 < config.transfer_fraction < 1:
+        raise ConfigError(f"transfer_fraction must be in (0, 1), got {config.transfer_fraction}")
+    if config.sequence_max_tokens < 0:
+        raise ConfigError(
+            f"sequence_max_tokens must be >= 0 (0: every token), got {config.sequence_max_tokens}"
+        )
+    if config.sequence_vocab < 16:
+        raise ConfigError(f"sequence_vocab must be >= 16, got {config.sequence_vocab}")
     if config.overconfident_data not in ("auto", "synthetic", "subset"):
         raise ConfigError(
             f"overconfident_data must be auto, synthetic or subset, "
@@ -304,6 +400,10 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
                 _checks.check_eps(eps, k, style)
         for eps in config.noise_eps:
             _checks.check_eps(eps, k, "uniform")
+        for eps in config.lr_eps:
+            _checks.check_eps(eps, k, "uniform")
+        for eps in config.sequence_eps:
+            _checks.check_eps(eps, None, "uniform")
         _checks.check_eps(config.teacher_eps, k, "uniform", kl=True)
         for eps in config.multilabel_eps:
             for style in config.styles:
@@ -320,6 +420,7 @@ def default_config_dict() -> dict[str, Any]:
 
 __all__ = [
     "EXPERIMENTS",
+    "NOISE_KINDS",
     "QUICK",
     "RUNTIME_SETTINGS",
     "SELECT_RULES",

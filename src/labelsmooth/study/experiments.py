@@ -27,18 +27,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .. import metrics, variants
-from ..analysis import mutual_information_under_noise
-from ..functional import binary_cross_entropy_with_logits, cross_entropy
+from .. import variants
+from ..functional import cross_entropy
 from .config import StudyConfig
-from .data import Split, digits_multilabel, synthetic
+from .data import Split, synthetic
 from .findings import VARIANT_LABELS
 from .models import MLP
 from .outputs import (
@@ -370,280 +368,7 @@ def sweep_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Noisy labels, positive and negative eps
-# ----------------------------------------------------------------------------------------------
-
-
-def noise_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
-    limit = (data.num_classes - 1) / data.num_classes
-    skipped = [rate for rate in config.noise_rates if rate >= limit]
-    if skipped:
-        plan.notes.append(
-            f"Noise rate{'s' * (len(skipped) > 1)} {', '.join(f'{r:g}' for r in skipped)} "
-            f"skipped: with "
-            f"{data.num_classes} classes, symmetric noise at a rate >= {limit:.2g} makes a "
-            f"wrong label at least as likely as the right one."
-        )
-    for rate in config.noise_rates:
-        if rate in skipped:
-            continue
-        for eps in config.noise_eps:
-            for seed in config.seeds:
-
-                def execute(
-                    _: RunContext, rate: float = rate, eps: float = eps, seed: int = seed
-                ) -> tuple[Metrics, None]:
-                    part = seed_data(data, config, seed)
-                    k = data.num_classes
-                    noisy_train = symmetric_noise(part.train.y_train, rate, k, seed=1000 + seed)
-                    noisy_val = symmetric_noise(part.y_val, rate, k, seed=2000 + seed)
-
-                    def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
-                        return cross_entropy(logits, target, eps)
-
-                    trained = _fit(
-                        part, config, loss_fn, seed, y_train=noisy_train, y_val=noisy_val
-                    )
-                    result, _, _ = measure_classifier(trained, part, config, y_val=noisy_val)
-                    result["flipped"] = float((noisy_train != part.train.y_train).double().mean())
-                    return result, None
-
-                plan.runs.append(
-                    Run(
-                        key=f"noise|{rate:g}|{eps:g}|{seed}",
-                        experiment="noise",
-                        setting="main",
-                        params={"noise": rate, "eps": eps},
-                        seed=seed,
-                        execute=execute,
-                        cost=len(data.x_train) * config.epochs,
-                    )
-                )
-
-
-# ----------------------------------------------------------------------------------------------
-# 3. Distillation: teachers with and without smoothing, students at several temperatures
-# ----------------------------------------------------------------------------------------------
-
-
-def _mutual_information(model: MLP, part: SeedData, config: StudyConfig, seed: int) -> float:
-    """Mueller et al. (2019) section 4: information about the example in the logit difference
-    of two classes under input noise, measured on validation examples of classes 0 and 1."""
-    first, second = 0, 1
-    mask = (part.y_val == first) | (part.y_val == second)
-    inputs = part.x_val[mask][:64].to(config.device)
-    estimate = mutual_information_under_noise(
-        model, inputs, (first, second), noise_std=0.5, num_draws=64, generator=seed
-    )
-    return float(estimate.mutual_information)
-
-
-def distillation_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
-    teachers = [0.0, config.teacher_eps]
-    cost = len(data.x_train) * config.epochs
-    for seed in config.seeds:
-        for teacher_eps in teachers:
-
-            def teacher(
-                _: RunContext, teacher_eps: float = teacher_eps, seed: int = seed
-            ) -> tuple[Metrics, Arrays]:
-                part = seed_data(data, config, seed)
-
-                def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
-                    return cross_entropy(logits, target, teacher_eps)
-
-                trained = _fit(part, config, loss_fn, seed)
-                result, _, _ = measure_classifier(trained, part, config)
-                result["mutual_information"] = _mutual_information(
-                    trained.model, part, config, seed
-                )
-                train_logits = _logits(trained.model, part.train.x_train, config.device)
-                return result, {"train_logits": train_logits.numpy()}
-
-            plan.runs.append(
-                Run(
-                    f"distill-teacher|{teacher_eps:g}|{seed}",
-                    "distillation",
-                    "teacher",
-                    {"teacher_eps": teacher_eps},
-                    seed,
-                    teacher,
-                    cost=cost,
-                )
-            )
-
-        def hard_student(_: RunContext, seed: int = seed) -> tuple[Metrics, None]:
-            part = seed_data(data, config, seed)
-
-            def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
-                return cross_entropy(logits, target, 0.0)
-
-            trained = _fit(part, config, loss_fn, seed, width=config.student_width, depth=1)
-            return measure_classifier(trained, part, config)[0], None
-
-        plan.runs.append(
-            Run(
-                f"distill-student|hard|0|{seed}",
-                "distillation",
-                "student",
-                {"teacher_eps": "labels", "temperature": 0},
-                seed,
-                hard_student,
-                cost=cost / 4,
-            )
-        )
-        for teacher_eps in teachers:
-            teacher_key = f"distill-teacher|{teacher_eps:g}|{seed}"
-            for temperature in config.temperatures:
-
-                def student(
-                    context: RunContext,
-                    teacher_key: str = teacher_key,
-                    temperature: float = temperature,
-                    seed: int = seed,
-                ) -> tuple[Metrics, None]:
-                    part = seed_data(data, config, seed)
-                    teacher_logits = torch.from_numpy(
-                        context.load_arrays(teacher_key)["train_logits"]
-                    )
-                    soft = (teacher_logits / temperature).softmax(-1)
-                    index = torch.arange(len(soft))
-
-                    # the loader hands (x, row) batches; the row indexes the soft targets
-                    def loss_fn(logits: Tensor, rows: Tensor) -> Tensor:
-                        return temperature**2 * cross_entropy(logits / temperature, soft[rows], 0.0)
-
-                    trained = _fit(
-                        part,
-                        config,
-                        loss_fn,
-                        seed,
-                        width=config.student_width,
-                        depth=1,
-                        y_train=index,
-                    )
-                    return measure_classifier(trained, part, config)[0], None
-
-                plan.runs.append(
-                    Run(
-                        f"distill-student|{teacher_eps:g}|{temperature:g}|{seed}",
-                        "distillation",
-                        "student",
-                        {"teacher_eps": teacher_eps, "temperature": temperature},
-                        seed,
-                        student,
-                        depends_on=(teacher_key,),
-                        cost=cost / 4,
-                    )
-                )
-
-
-# ----------------------------------------------------------------------------------------------
-# 4. Binary / multi-label smoothing
-# ----------------------------------------------------------------------------------------------
-
-
-def attribute_task(data: Split, seed: int = 0) -> tuple[Split | None, str]:
-    """The multi-label task and how to describe it honestly, or (None, why it is skipped).
-
-    The user's multi-label data as it is; for digits, attributes of the digit (even, >= 5,
-    prime, closed loop, straight strokes), which are derived from the class label; for the
-    synthetic task, five random attributes per class (synthetic). Other class-labelled data
-    has no attributes, so the experiment is skipped rather than presented on invented labels.
-    """
-    if data.multilabel:
-        return data, f"{data.name}: the data set's own labels"
-    if data.name.startswith("digits") and data.num_classes == 10:
-        return (
-            digits_multilabel(data),
-            "digits attributes (even, >= 5, prime, closed loop, straight strokes): real images, "
-            "attributes derived from each digit's class",
-        )
-    if data.name.startswith("synthetic"):
-        generator = np.random.default_rng(seed + 77)
-        table = torch.from_numpy((generator.random((data.num_classes, 5)) < 0.5).astype(np.float32))
-        task = replace(
-            data,
-            name=f"{data.name} attributes",
-            y_train=table[data.y_train],
-            y_test=table[data.y_test],
-            num_classes=5,
-            multilabel=True,
-            class_names=tuple(f"attribute {i}" for i in range(5)),
-        )
-        return task, "synthetic attributes: five random attributes of each generated class"
-    return None, (
-        f"The binary / multi-label experiment is skipped: {data.name} has class labels, not "
-        "multi-label targets (give an .npz with (N, L) 0/1 labels to study them)."
-    )
-
-
-def multilabel_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
-    task, description = attribute_task(data)
-    if task is None:
-        plan.notes.append(description)
-        return
-    plan.settings["multilabel"] = {"description": description, **split_sizes(task, config)}
-    if {"uniform", "others"} <= set(config.styles):
-        plan.notes.append(
-            "Binary targets: style 'others' at eps (0 -> eps, 1 -> 1 - eps) gives the same "
-            "targets as 'uniform' at 2 x eps, so such multi-label rows are the same model "
-            "trained twice."
-        )
-    combos = [(0.0, "uniform")] + [
-        (eps, style) for eps in config.multilabel_eps if eps != 0 for style in config.styles
-    ]
-    for eps, style in combos:
-        for seed in config.seeds:
-
-            def execute(
-                _: RunContext, eps: float = eps, style: str = style, seed: int = seed
-            ) -> tuple[Metrics, Arrays | None]:
-                part = seed_data(task, config, seed)
-
-                def loss_fn(logits: Tensor, target: Tensor) -> Tensor:
-                    return binary_cross_entropy_with_logits(logits, target, eps, style=style)
-
-                trained = _fit(part, config, loss_fn, seed, multilabel=True)
-                test_logits = _logits(trained.model, part.x_test, config.device).double()
-                probs = test_logits.sigmoid().numpy()
-                labels = part.y_test.numpy()
-                val_logits = _logits(trained.model, part.x_val, config.device)
-                val_accuracy, val_nll = multilabel_score(val_logits, part.y_val)
-                result = {
-                    "macro_auroc": metrics.multilabel_auroc(probs, labels),
-                    "label_ece": metrics.multilabel_calibration_error(probs, labels, config.n_bins),
-                    "nll": float(
-                        torch.nn.functional.binary_cross_entropy_with_logits(
-                            test_logits, part.y_test.double()
-                        )
-                    ),
-                    "mean_prob_positive": float(probs[labels == 1].mean()),
-                    "mean_prob_negative": float(probs[labels == 0].mean()),
-                    "accuracy": float(((probs > 0.5) == (labels == 1)).mean()),
-                    "val_accuracy": val_accuracy,
-                    "val_nll": val_nll,
-                    "best_epoch": float(trained.best_epoch),
-                }
-                arrays = {"probs": probs, "labels": labels} if seed == config.seeds[0] else None
-                return result, arrays
-
-            shown_style = style if eps != 0 else "none"
-            plan.runs.append(
-                Run(
-                    f"multilabel|{shown_style}|{eps:g}|{seed}",
-                    "multilabel",
-                    "main",
-                    {"style": shown_style, "eps": eps},
-                    seed,
-                    execute,
-                    cost=len(task.x_train) * config.epochs,
-                )
-            )
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. The published variants against plain smoothing and the baseline
+# 2. The published variants against plain smoothing and the baseline
 # ----------------------------------------------------------------------------------------------
 
 LossAndHook = tuple[Callable[[Tensor, Tensor], Tensor], Callable[[int], None] | None]
@@ -749,24 +474,11 @@ def variants_runs(data: Split, config: StudyConfig, plan: Plan) -> None:
                 )
 
 
+# The experiments planned here; the others have a module each (labelsmooth.study.registry).
 BUILDERS = {
     "sweep": sweep_runs,
-    "noise": noise_runs,
-    "distillation": distillation_runs,
-    "multilabel": multilabel_runs,
     "variants": variants_runs,
 }
-
-
-def plan(data: Split, config: StudyConfig) -> Plan:
-    """Every run of the study, in the order they execute (teachers before their students)."""
-    result = Plan(runs=[])
-    for name in config.experiments:
-        if data.multilabel and name != "multilabel":
-            result.notes.append(f"The {name} experiment needs class labels; skipped.")
-            continue
-        BUILDERS[name](data, config, result)
-    return result
 
 
 def timed(run: Run, context: RunContext) -> tuple[Metrics, Arrays | None, float]:

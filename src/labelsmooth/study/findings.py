@@ -45,6 +45,14 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "macro_auroc": ("macro AUROC", True, 4),
     "label_ece": ("per-label ECE", False, 3),
     "mutual_information": ("mutual information (nats)", True, 3),
+    "logit_norm": ("mean logit norm", False, 2),
+    "logit_gap": ("logit gap", False, 2),
+    "token_nll": ("token NLL", False, 3),
+    "perplexity": ("perplexity", False, 2),
+    "token_accuracy": ("token accuracy", True, 3),
+    "token_ece": ("token ECE", False, 3),
+    "spread_ratio_plane": ("within-class spread / centroid distance (template plane)", False, 3),
+    "spread_ratio_full": ("within-class spread / centroid distance (full space)", False, 3),
 }
 # A negative-eps model whose test NLL exceeds this multiple of the baseline's is called out:
 # its loss is unbounded below and its probabilities have blown up, though its accuracy stands.
@@ -221,6 +229,8 @@ class Findings:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     recommendation: dict[str, Any] = field(default_factory=dict)
+    # experiment -> a JSON-ready summary of its choices (each "best" with "selected_on")
+    experiments: dict[str, Any] = field(default_factory=dict)
 
     def compare(
         self,
@@ -677,268 +687,8 @@ def _arms(findings: Findings, setting: str) -> list[Group]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Noise, distillation, multi-label
+# Variants
 # ----------------------------------------------------------------------------------------------
-
-
-def analyse_noise(findings: Findings, groups: Sequence[Group]) -> None:
-    noise = select(groups, "noise")
-    if not noise:
-        return
-    rates = sorted({g.params["noise"] for g in noise})
-    eps_values = sorted({g.params["eps"] for g in noise})
-    table: dict[float, dict[float, tuple[Group, Comparison | None]]] = {}
-    sentences = []
-    chosen: dict[float, Group | None] = {}
-    for rate in rates:
-        row = {g.params["eps"]: g for g in noise if g.params["noise"] == rate}
-        baseline = row.get(0.0)
-        table[rate] = {}
-        for eps, group in row.items():
-            comparison = None
-            if baseline is not None and group is not baseline:
-                comparison = findings.compare(
-                    "noise", f"noise={rate:g}", group, baseline, "accuracy"
-                )
-                findings.compare("noise", f"noise={rate:g}", group, baseline, "nll")
-                findings.compare(
-                    "noise",
-                    f"noise={rate:g}",
-                    group,
-                    baseline,
-                    "accuracy",
-                    arm_metric="final_accuracy",
-                    baseline_metric="final_accuracy",
-                    arm_label=f"{arm_name(group.params)} (final epoch)",
-                    baseline_label="eps=0 (final epoch)",
-                )
-            table[rate][eps] = (group, comparison)
-        pick = choose(
-            list(row.values()),
-            "val_accuracy",
-            higher=True,
-            prefer=lambda g: abs(g.params["eps"]),
-        )
-        chosen[rate] = pick
-        if baseline is None or pick is None:
-            continue
-        text = (
-            f"Noise {rate:g}: validation (labels at this noise rate) chose "
-            f"eps={pick.params['eps']:g}"
-        )
-        if pick is not baseline:
-            c = table[rate][pick.params["eps"]][1]
-            text += f"; against eps=0 it {_words(c, 'accuracy')} on the clean test set"
-        stopping = findings.compare(
-            "noise",
-            f"noise={rate:g}",
-            baseline,
-            baseline,
-            "accuracy",
-            baseline_metric="final_accuracy",
-            arm_label="eps=0 (best validation epoch)",
-            baseline_label="eps=0 (final epoch)",
-        )
-        text += (
-            f". Early stopping on validation, against the final epoch (eps=0), "
-            f"{_words(stopping, 'accuracy')}."
-        )
-        sentences.append(text)
-        for eps, group in sorted(row.items()):
-            nll, base_nll = group.mean("nll"), baseline.mean("nll")
-            if eps < 0 and nll > BLOWN_UP_NLL_FACTOR * base_nll:
-                sentences.append(
-                    f"Noise {rate:g}, eps={eps:g}: mean test NLL {nll:.3g} against "
-                    f"{base_nll:.3g} at eps=0 (mean logit gap {group.mean('logit_gap'):.3g}): "
-                    f"negative smoothing's loss is unbounded below, its logits grew until its "
-                    f"probabilities were unusable; compare its accuracy only."
-                )
-    findings.sections["noise"] = {
-        "rates": rates,
-        "eps": eps_values,
-        "table": table,
-        "chosen": chosen,
-        "sentences": sentences,
-    }
-
-
-def analyse_distillation(findings: Findings, groups: Sequence[Group]) -> None:
-    teachers = sorted(
-        select(groups, "distillation", "teacher"), key=lambda g: g.params["teacher_eps"]
-    )
-    students = select(groups, "distillation", "student")
-    if not teachers:
-        return
-    sentences = []
-    teacher_rows: list[Row] = []
-    plain = next((g for g in teachers if g.params["teacher_eps"] == 0), None)
-    for teacher in teachers:
-        comparisons: dict[str, Comparison | None] = {}
-        for m in ("accuracy", "nll", "ece", "mutual_information"):
-            comparisons[m] = (
-                None
-                if teacher is plain or plain is None
-                else findings.compare(
-                    "distillation",
-                    "teacher",
-                    teacher,
-                    plain,
-                    m,
-                    arm_label=f"teacher eps={teacher.params['teacher_eps']:g}",
-                    baseline_label="teacher eps=0",
-                )
-            )
-        teacher_rows.append(
-            Row(
-                f"teacher eps={teacher.params['teacher_eps']:g}",
-                {m: teacher.mean(m) for m in ("accuracy", "nll", "ece", "mutual_information")},
-                comparisons,
-            )
-        )
-    hard = next((g for g in students if g.params["teacher_eps"] == "labels"), None)
-    best_student: dict[float, Group | None] = {}
-    student_rows: list[Row] = []
-    if hard is not None:
-        student_rows.append(
-            Row(
-                "student on hard labels (the reference)",
-                {m: hard.mean(m) for m in ("accuracy", "nll", "val_accuracy")},
-                {"accuracy": None},
-            )
-        )
-    for teacher in teachers:
-        eps = teacher.params["teacher_eps"]
-        own = sorted(
-            [g for g in students if g.params["teacher_eps"] == eps],
-            key=lambda g: g.params["temperature"],
-        )
-        best_student[eps] = choose(
-            own, "val_accuracy", higher=True, prefer=lambda g: g.params["temperature"]
-        )
-        for group in own:
-            comparison = None
-            if hard is not None:
-                comparison = findings.compare(
-                    "distillation",
-                    "student",
-                    group,
-                    hard,
-                    "accuracy",
-                    arm_label=(
-                        f"student of teacher eps={eps:g} at T={group.params['temperature']:g}"
-                    ),
-                    baseline_label="student on hard labels",
-                    chosen=group is best_student[eps],
-                )
-            student_rows.append(
-                Row(
-                    f"teacher eps={eps:g}, T={group.params['temperature']:g}",
-                    {
-                        "accuracy": group.mean("accuracy"),
-                        "nll": group.mean("nll"),
-                        "val_accuracy": group.mean("val_accuracy"),
-                    },
-                    {"accuracy": comparison},
-                    note="chosen on validation" if group is best_student[eps] else "",
-                )
-            )
-    if plain is not None:
-        for teacher in teachers:
-            if teacher is plain:
-                continue
-            row = next(
-                r
-                for r in teacher_rows
-                if r.label == f"teacher eps={teacher.params['teacher_eps']:g}"
-            )
-            sentences.append(
-                f"Against the teacher without smoothing, the teacher trained with "
-                f"eps={teacher.params['teacher_eps']:g} "
-                f"{_words(row.comparisons['accuracy'], 'accuracy')} and "
-                f"{_words(row.comparisons['mutual_information'], 'mutual_information')} "
-                f"(Müller et al. 2019's estimate of the information about the example that the "
-                f"logits keep)."
-            )
-            smooth_student = best_student.get(teacher.params["teacher_eps"])
-            plain_student = best_student.get(0.0)
-            if smooth_student is not None and plain_student is not None:
-                c = findings.compare(
-                    "distillation",
-                    "student",
-                    smooth_student,
-                    plain_student,
-                    "accuracy",
-                    arm_label=(
-                        f"student of teacher eps={teacher.params['teacher_eps']:g} "
-                        f"(T={smooth_student.params['temperature']:g})"
-                    ),
-                    baseline_label=(
-                        f"student of teacher eps=0 (T={plain_student.params['temperature']:g})"
-                    ),
-                    chosen=True,
-                )
-                sentences.append(
-                    f"At their validation-chosen temperatures, the student of the smoothed "
-                    f"teacher, against the student of the plain teacher, {_words(c, 'accuracy')}."
-                )
-    if hard is not None:
-        for eps, group in best_student.items():
-            if group is None:
-                continue
-            c = next(
-                (
-                    r.comparisons["accuracy"]
-                    for r in student_rows
-                    if r.label == f"teacher eps={eps:g}, T={group.params['temperature']:g}"
-                ),
-                None,
-            )
-            sentences.append(
-                f"Against the student trained on the hard labels, distilling from the "
-                f"eps={eps:g} teacher (T={group.params['temperature']:g}, chosen on validation) "
-                f"{_words(c, 'accuracy')}."
-            )
-    findings.sections["distillation"] = {
-        "teacher_rows": teacher_rows,
-        "student_rows": student_rows,
-        "hard": hard,
-        "sentences": sentences,
-    }
-
-
-def analyse_multilabel(findings: Findings, groups: Sequence[Group]) -> None:
-    runs = sorted(select(groups, "multilabel"), key=lambda g: (g.params["eps"], g.params["style"]))
-    baseline = next((g for g in runs if g.params["eps"] == 0), None)
-    if baseline is None:
-        return
-    rows: list[Row] = []
-    for group in runs:
-        rows.append(
-            Row(
-                arm_label(group.params),
-                {
-                    m: group.mean(m)
-                    for m in (*MULTILABEL_METRICS, "mean_prob_positive", "mean_prob_negative")
-                },
-                {
-                    m: None
-                    if group is baseline
-                    else findings.compare("multilabel", "main", group, baseline, m)
-                    for m in MULTILABEL_METRICS
-                },
-            )
-        )
-    best = choose([g for g in runs if g is not baseline], "val_nll")
-    sentences = []
-    if best is not None:
-        row = next(r for r in rows if r.label == arm_label(best.params))
-        sentences.append(
-            f"Validation chose {arm_label(best.params)}; against eps=0 it "
-            f"{_words(row.comparisons['macro_auroc'], 'macro_auroc')}, "
-            f"{_words(row.comparisons['label_ece'], 'label_ece')} and "
-            f"{_words(row.comparisons['nll'], 'nll')}."
-        )
-    findings.sections["multilabel"] = {"rows": rows, "best": best, "sentences": sentences}
 
 
 def analyse_variants(findings: Findings, groups: Sequence[Group]) -> None:
@@ -1038,15 +788,13 @@ def variants_sentence(findings: Findings, setting: str = "main") -> str:
     )
 
 
-def analyse(records: Sequence[dict[str, Any]], seeds: Sequence[int]) -> Findings:
-    """Every comparison, choice and sentence of a study's finished runs."""
+def analyse_core(records: Sequence[dict[str, Any]], seeds: Sequence[int]) -> Findings:
+    """The comparisons, choices and sentences of the sweep and the variants, and the
+    recommendation; :func:`labelsmooth.study.registry.analyse` adds every other experiment's."""
     groups = group_results(records)
     findings = Findings(seeds=list(seeds))
     for setting in ("main", "overconfident"):
         analyse_sweep(findings, groups, setting)
-    analyse_noise(findings, groups)
-    analyse_distillation(findings, groups)
-    analyse_multilabel(findings, groups)
     analyse_variants(findings, groups)
     findings.recommendation = recommend(findings)
     extra = variants_sentence(findings)

@@ -15,10 +15,11 @@ import torch.distributed as dist
 
 from .config import ConfigError, StudyConfig, check_config
 from .data import Split
-from .experiments import Plan, Run, plan, split_sizes
+from .experiments import Plan, Run, split_sizes
 from .models import MLP
 from .parallel import init_from_environment
 from .prepare import prepare_data
+from .registry import plan
 from .report import render_report
 from .runner import (
     ResultStore,

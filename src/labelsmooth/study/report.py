@@ -27,7 +27,6 @@ from .findings import (
     Findings,
     Group,
     Row,
-    analyse,
     arm_label,
     chance_count,
     count_runs,
@@ -35,6 +34,7 @@ from .findings import (
     metric_label,
     select,
 )
+from .registry import analyse, sections
 from .runner import ResultStore, atomic_write_bytes, atomic_write_json, read_study_json
 from .stats import Comparison, format_delta
 
@@ -116,6 +116,7 @@ def findings_json(
         "notes": study.get("notes", []),
         "comparisons": findings.comparisons,
         "recommendation": findings.recommendation,
+        "experiments": findings.experiments,
     }
 
 
@@ -325,118 +326,6 @@ def sweep_figures(
     return out
 
 
-def noise_figures(findings: Findings, writer: FigureWriter) -> list[dict[str, str]]:
-    from matplotlib.figure import Figure
-
-    section = findings.sections.get("noise")
-    if section is None:
-        return []
-    figure = Figure(figsize=(7, 4.6), layout="constrained")
-    ax = figure.subplots()
-    rates = section["rates"]
-    offsets = np.linspace(-0.012, 0.012, max(len(rates), 1))
-    plotted = False
-    for offset, rate in zip(offsets, rates, strict=True):
-        points = [
-            (eps, c)
-            for eps, (_, c) in sorted(section["table"][rate].items())
-            if c is not None and not math.isnan(c.mean_delta)
-        ]
-        if not points:
-            continue
-        xs = [eps + offset for eps, _ in points]
-        means = [c.mean_delta for _, c in points]
-        low = [
-            c.mean_delta - (c.ci_low if not math.isnan(c.ci_low) else c.mean_delta)
-            for _, c in points
-        ]
-        high = [
-            (c.ci_high if not math.isnan(c.ci_high) else c.mean_delta) - c.mean_delta
-            for _, c in points
-        ]
-        ax.errorbar(xs, means, yerr=[low, high], marker="o", capsize=3, label=f"noise {rate:g}")
-        plotted = True
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.axvline(0, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("eps (negative = generalised label smoothing)")
-    ax.set_ylabel("clean test accuracy minus eps=0 (paired)")
-    ax.set_title("Label noise: accuracy difference to eps=0, 95% intervals")
-    if plotted:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return [
-        writer.save(
-            "noise",
-            figure,
-            "Paired difference in clean test accuracy against eps=0 at the same noise rate "
-            "(mean over seeds, 95% interval); 0 means no change.",
-        )
-    ]
-
-
-def distillation_figures(findings: Findings, writer: FigureWriter) -> list[dict[str, str]]:
-    from matplotlib.figure import Figure
-
-    from .. import plots
-
-    section = findings.sections.get("distillation")
-    if section is None or not section["student_rows"] or section["hard"] is None:
-        return []
-    rows = _forest_rows(section["student_rows"], "accuracy")
-    if not rows:
-        return []
-    figure = Figure(figsize=(8, 1.6 + 0.35 * len(rows)), layout="constrained")
-    plots.paired_difference_plot(
-        rows,
-        xlabel="student accuracy minus the student on hard labels",
-        ax=figure.subplots(),
-        title="Distillation",
-    )
-    return [
-        writer.save(
-            "distillation",
-            figure,
-            "Student accuracy against the student trained on the hard labels, per teacher and "
-            "temperature (paired, 95% interval).",
-        )
-    ]
-
-
-def multilabel_figures(
-    store: ResultStore, findings: Findings, writer: FigureWriter
-) -> list[dict[str, str]]:
-    from .. import plots
-
-    groups = sorted(
-        [g for g in select(findings.sections["groups"]["groups"], "multilabel") if g.first_key()],
-        key=lambda g: (g.params["eps"], g.params["style"]),
-    )
-    if not groups:
-        return []
-    values, markers = {}, {}
-    for group in groups:
-        name = arm_label(group.params)
-        values[name] = store.load_arrays(group.first_key())["probs"].ravel()
-        eps, style = float(group.params["eps"]), group.params["style"]
-        if eps > 0:
-            low = eps / 2 if style == "uniform" else eps
-            markers[name] = [low, 1 - low]
-    figure = plots.small_multiples_histogram(
-        values,
-        markers=markers,
-        xlabel="output probability",
-        marker_label="smoothed targets",
-        title="Multi-label outputs (test set)",
-    )
-    return [
-        writer.save(
-            "multilabel",
-            figure,
-            "Output probabilities of the multi-label models on the test set, with the smoothed "
-            "targets marked.",
-        )
-    ]
-
-
 # ----------------------------------------------------------------------------------------------
 # The report
 # ----------------------------------------------------------------------------------------------
@@ -538,23 +427,6 @@ def render_report(directory: str | Path) -> dict[str, Any]:
             "setting_description": settings.get("main", {}).get("description", "main setting"),
             "figures": verdict_figures(findings, writer),
         }
-    noise = findings.sections.get("noise")
-    if noise is not None:
-        noise = {**noise, "figures": noise_figures(findings, writer)}
-    distillation = findings.sections.get("distillation")
-    if distillation is not None:
-        distillation = {**distillation, "figures": distillation_figures(findings, writer)}
-    multilabel = findings.sections.get("multilabel")
-    if multilabel is not None:
-        info = settings.get("multilabel", {})
-        multilabel = {
-            **multilabel,
-            "description": info.get("description", "multi-label"),
-            "n_train": info.get("n_train", "?"),
-            "n_val": info.get("n_val", "?"),
-            "n_test": info.get("n_test", "?"),
-            "figures": multilabel_figures(store, findings, writer),
-        }
     variants = []
     for setting in ("main", "overconfident"):
         section = findings.sections.get(f"variants:{setting}")
@@ -612,10 +484,8 @@ def render_report(directory: str | Path) -> dict[str, Any]:
             verdict_metrics=list(VERDICT_METRICS),
             sweep_metrics=list(SWEEP_METRICS),
             sweeps=sweeps,
-            noise=noise,
-            distillation=distillation,
-            multilabel=multilabel,
             variants=variants,
+            sections=sections(findings, store.load_arrays, writer.save, study),
             variant_metrics=list(VARIANT_METRICS),
         )
     )

@@ -39,7 +39,8 @@ import torch
 
 from .. import __version__
 from .config import ConfigError, StudyConfig
-from .experiments import VARIANT_ARMS, Arrays, Run, RunContext, timed
+from .experiments import Arrays, Run, RunContext, timed
+from .registry import params_for, plan
 from .train import TrainingDivergedError
 
 
@@ -377,9 +378,7 @@ def _record_problem(record: Any) -> str | None:
     params = record.get("params")
     if not isinstance(params, dict):
         return f"params must be an object, got {_kind(params)}"
-    required = _PARAMS.get((record["experiment"], record["setting"]))
-    if required is None and record["experiment"] == "sweep":
-        required = _PARAMS[("sweep", "main")]
+    required = params_for(record["experiment"], record["setting"])
     if required is None:
         return f"unknown experiment {record['experiment']!r} / setting {record['setting']!r}"
     for name, allowed in required.items():
@@ -398,18 +397,6 @@ def _record_problem(record: Any) -> str | None:
     if "config" in record:
         return config_problem(record["config"])
     return None
-
-
-# The params each kind of run has; a string value is allowed only where listed.
-_PARAMS: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {
-    ("sweep", "main"): {"eps": (), "style": ("none", "uniform", "others")},
-    ("noise", "main"): {"noise": (), "eps": ()},
-    ("distillation", "teacher"): {"teacher_eps": ()},
-    ("distillation", "student"): {"teacher_eps": ("labels",), "temperature": ()},
-    ("multilabel", "main"): {"eps": (), "style": ("none", "uniform", "others")},
-    ("variants", "main"): {"variant": tuple(VARIANT_ARMS)},
-    ("variants", "overconfident"): {"variant": tuple(VARIANT_ARMS)},
-}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,7 +583,6 @@ Planner = Callable[[], "list[Run]"]
 
 def plan_from_config(config: StudyConfig) -> list[Run]:
     """The CLI study's runs for ``config`` (the planner of its worker processes)."""
-    from .experiments import plan
     from .prepare import prepare_data
 
     data, _ = prepare_data(config)
