@@ -116,7 +116,9 @@ def train_classifier(
     DistributedDataParallel and each rank takes every N-th example of each mini-batch (all
     ranks draw the same batch order from ``config.seed``). ``loss_fn`` must return the mean over
     its examples; the loss is rescaled by ``N * local / batch`` so that DDP's gradient average
-    is the gradient of the whole batch's mean, as in a single process. Every rank scores the
+    is the gradient of the whole batch's mean, as in a single process. A rank left without an
+    example (a last batch smaller than N) contributes a zero gradient, so even that step equals
+    the single process's. Every rank scores the
     whole validation set with identical weights, so all ranks keep the same epoch.
 
     ``on_epoch_end(epoch)`` is called after each epoch's updates, before validation (e.g. the
@@ -148,13 +150,16 @@ def train_classifier(
         finite = torch.ones((), dtype=torch.bool)
         for start in range(0, count, config.batch_size):
             batch = order[start : start + config.batch_size]
-            if len(batch) < world:
-                continue  # every rank needs an example; all ranks skip the same tail
             local = batch[rank::world]
             optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(trained(x_train[local]), y_train[local])
-            if world > 1:
-                loss = loss * (world * len(local) / len(batch))
+            if len(local):
+                loss = loss_fn(trained(x_train[local]), y_train[local])
+                if world > 1:
+                    loss = loss * (world * len(local) / len(batch))
+            else:
+                # a tail batch with fewer examples than ranks leaves this rank none: a zero loss
+                # that still joins DDP's gradient average, so the step equals one process's
+                loss = trained(x_train[local]).sum() * 0.0
             finite &= torch.isfinite(loss.detach()).cpu()
             loss.backward()
             optimiser.step()
