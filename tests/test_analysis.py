@@ -152,10 +152,30 @@ def linear_model(v):
 
 
 def brute_information(samples):
-    """The documented estimator, with loops."""
+    """Müller et al.'s estimate, with loops, for each draw l as f(d(z_x)), averaged over l:
+    1/N sum_i [-(y_il - mu_i)^2 / (2 s2_l) - log(1/N sum_j exp(-(y_il - mu_j)^2 / (2 s2_l)))]
+    with mu_i the mean of example i's draws and s2_l = 1/N sum_i (y_il - mu_i)^2."""
     n, draws = samples.shape
     means = [sum(row) / draws for row in samples]
-    variance = sum(sum((x - means[i]) ** 2 for x in samples[i]) / (draws - 1) for i in range(n)) / n
+    per_draw = []
+    for d in range(draws):
+        variance = sum((samples[i][d] - means[i]) ** 2 for i in range(n)) / n
+        total = 0.0
+        for i in range(n):
+            y = samples[i][d]
+            inner = sum(math.exp(-((y - means[j]) ** 2) / (2 * variance)) for j in range(n))
+            total += -((y - means[i]) ** 2) / (2 * variance) - math.log(inner / n)
+        per_draw.append(total / n)
+    return sum(per_draw) / draws
+
+
+def brute_pairwise_bound(samples):
+    """The Kolchinsky-Tracey value at the means (the old, mislabelled estimator), with the
+    variance of :func:`brute_information` averaged over the draws."""
+    n, draws = samples.shape
+    means = [sum(row) / draws for row in samples]
+    variance = sum((samples[i][d] - means[i]) ** 2 for i in range(n) for d in range(draws))
+    variance /= n * draws
     total = 0.0
     for i in range(n):
         inner = sum(math.exp(-((means[i] - means[j]) ** 2) / (2 * variance)) for j in range(n))
@@ -163,13 +183,45 @@ def brute_information(samples):
     return -total / n
 
 
+def test_estimator_by_hand_on_two_examples():
+    # y = [[0, 2], [4, 6]]: mu = (1, 5). Draw l=0 is y = (0, 4): sigma_0^2 = (1 + 1) / 2 = 1.
+    # Example 0 (y=0): own term -1/2; kernels exp(-1/2) to mu_0 and exp(-25/2) to mu_1:
+    # -1/2 - log((exp(-1/2) + exp(-25/2)) / 2) = log 2 - log(1 + exp(-12)).
+    # Example 1 (y=4): own -1/2; exp(-9/2) to mu_0: log 2 - log(1 + exp(-4)).
+    # Draw l=1 is y = (2, 6), the mirror image: the same two brackets, sigma_1^2 = 1.
+    samples = np.array([[0.0, 2.0], [4.0, 6.0]])
+    estimate = analysis._gaussian_information(samples)
+    expected = math.log(2) - (math.log1p(math.exp(-12)) + math.log1p(math.exp(-4))) / 2
+    assert estimate.mutual_information == pytest.approx(expected, abs=1e-12)
+    assert estimate.mutual_information == pytest.approx(0.684069, abs=1e-6)
+    np.testing.assert_allclose(estimate.means, [1.0, 5.0])
+    assert estimate.noise_variance == 1.0
+    # the bound at the means: log 2 - log(1 + exp(-16 / 2))
+    assert estimate.pairwise_bound == pytest.approx(math.log(2) - math.log1p(math.exp(-8)))
+
+
 def test_estimator_matches_its_formula():
     generator = np.random.default_rng(0)
     samples = generator.normal(size=(12, 7)) + generator.normal(size=(12, 1)) * 1.5
     estimate = analysis._gaussian_information(samples)
     assert estimate.mutual_information == pytest.approx(brute_information(samples), abs=1e-12)
+    assert estimate.pairwise_bound == pytest.approx(brute_pairwise_bound(samples), abs=1e-12)
+    assert estimate.mutual_information != pytest.approx(estimate.pairwise_bound, abs=1e-3)
     np.testing.assert_allclose(estimate.means, samples.mean(1))
-    assert estimate.noise_variance == pytest.approx(samples.var(1, ddof=1).mean())
+    assert estimate.noise_variance == pytest.approx(samples.var(1).mean())
+
+
+def test_estimator_through_a_model_with_a_known_logit_difference():
+    # y = z_0 - z_1 = 2 (x + 0.7 xi); the noise is re-drawn here from the same generator.
+    inputs = torch.tensor([[0.0], [1.0], [3.0]], dtype=torch.float64)
+    estimate = mutual_information_under_noise(
+        linear_model, inputs, (0, 1), noise_std=0.7, num_draws=3, generator=11
+    )
+    rng = torch.Generator().manual_seed(11)
+    noise = [torch.randn(inputs.shape, generator=rng, dtype=torch.float64) for _ in range(3)]
+    samples = np.stack([(2 * (inputs + 0.7 * xi))[:, 0].numpy() for xi in noise], axis=1)
+    assert estimate.mutual_information == pytest.approx(brute_information(samples), abs=1e-12)
+    assert estimate.num_draws == 3
 
 
 def test_information_is_zero_when_the_difference_ignores_the_example():
@@ -178,12 +230,16 @@ def test_information_is_zero_when_the_difference_ignores_the_example():
         lambda v: torch.zeros(v.shape[0], 4), inputs, (0, 1), noise_std=0.5, generator=0
     )
     assert constant.mutual_information == 0.0
-    # Depends on the noise only (all inputs identical): ~0 up to the 1/(2L) bias.
+    assert constant.noise_variance == 0.0
+    # Depends on the noise only (all inputs identical): about 0 (a Monte-Carlo average).
     same = torch.zeros(40, 3)
     estimate = mutual_information_under_noise(
         linear_model, same, (0, 1), noise_std=1.0, num_draws=200, generator=1
     )
-    assert 0.0 <= estimate.mutual_information < 0.02
+    assert abs(estimate.mutual_information) < 0.02
+    # Equal means exactly: every bracket is -a - log(exp(-a)) = 0.
+    equal = np.array([[-1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])
+    assert analysis._gaussian_information(equal).mutual_information == pytest.approx(0, abs=1e-15)
 
 
 def test_information_grows_as_examples_separate_and_is_bounded_by_log_n():
@@ -194,23 +250,30 @@ def test_information_grows_as_examples_separate_and_is_bounded_by_log_n():
         estimate = mutual_information_under_noise(
             linear_model, inputs, (0, 1), noise_std=1.0, num_draws=50, generator=2
         )
-        assert 0.0 <= estimate.mutual_information <= estimate.upper_bound + 1e-12
+        assert estimate.mutual_information <= estimate.upper_bound + 1e-12
         values.append(estimate.mutual_information)
     assert values == sorted(values)
-    assert values[0] < 0.05
+    assert abs(values[0]) < 0.05
     assert values[-1] == pytest.approx(math.log(n), abs=1e-6)
 
 
-def test_information_of_two_gaussians_matches_closed_form():
-    # Means +-m of d, noise std s of d: I = log 2 - log(1 + exp(-2 m^2 / s^2)).
-    half_gap, std = 1.0, 1.0
-    inputs = torch.tensor([[-half_gap / 2], [half_gap / 2]], dtype=torch.float64)
+def test_information_of_two_gaussians_matches_the_exact_value():
+    # Two groups of 50 identical examples whose y has means -/+ gap/2 and noise std s: X is
+    # uniform over the 100 indices, and I(X; Y) = I(group; Y) =
+    # log 2 - E_z log(1 + exp((2 s z D - D^2) / (2 s^2))), D = gap, z ~ N(0, 1)
+    # (Gauss-Hermite quadrature).
+    gap, std = 1.0, 1.0
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    exponent = (2 * std * nodes * gap - gap**2) / (2 * std**2)
+    exact = math.log(2) - float((weights * np.log1p(np.exp(exponent))).sum() / weights.sum())
+    inputs = torch.tensor([[-gap / 4]] * 50 + [[gap / 4]] * 50, dtype=torch.float64)  # y = 2 x
     estimate = mutual_information_under_noise(
-        linear_model, inputs, (0, 1), noise_std=std / 2, num_draws=20000, generator=3
+        linear_model, inputs, (0, 1), noise_std=std / 2, num_draws=400, generator=3
     )
-    expected = math.log(2) - math.log1p(math.exp(-2 * half_gap**2 / std**2))
-    assert estimate.mutual_information == pytest.approx(expected, abs=0.01)
+    assert estimate.mutual_information == pytest.approx(exact, abs=0.01)
     assert estimate.noise_variance == pytest.approx(std**2, rel=0.03)
+    # the old value at the means is larger than the information here
+    assert estimate.pairwise_bound > exact + 0.02
 
 
 def test_information_seed_generator_and_no_noise():
@@ -286,3 +349,48 @@ def test_docstring_examples():
     result = doctest.testmod(analysis, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# class_spread_ratio: the penultimate geometry in one number
+# ----------------------------------------------------------------------------------------------
+
+
+def test_class_spread_ratio_hand_computed():
+    from labelsmooth.analysis import class_spread_ratio
+
+    # class 0 around (0, 0), class 1 around (3, 4), class 2 around (0, 8)
+    points = np.array([[1.0, 0.0], [-1.0, 0.0], [3.0, 5.0], [3.0, 3.0], [0.0, 10.0], [0.0, 6.0]])
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    # squared distances to own centroid: 1, 1, 1, 1, 4, 4 -> rms sqrt(12 / 6)
+    # centroid distances: |(3, 4)| = 5, |(0, 8)| = 8, |(-3, 4)| = 5 -> mean 6
+    assert class_spread_ratio(points, labels) == pytest.approx(math.sqrt(2.0) / 6.0)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 250.0])
+def test_class_spread_ratio_invariant_to_scale_translation_and_order(scale):
+    from labelsmooth.analysis import class_spread_ratio
+
+    generator = np.random.default_rng(0)
+    points = generator.normal(size=(60, 5))
+    labels = np.repeat(np.arange(3), 20)
+    points[labels == 1] += 4.0
+    expected = class_spread_ratio(points, labels)
+    order = generator.permutation(60)
+    moved = scale * points[order] + generator.normal(size=5)
+    assert class_spread_ratio(moved, labels[order]) == pytest.approx(expected, rel=1e-10)
+    # tighter clusters at the same centroids: a lower ratio
+    centroids = np.stack([points[labels == k].mean(0) for k in range(3)])
+    tighter = centroids[labels] + 0.5 * (points - centroids[labels])
+    assert class_spread_ratio(tighter, labels) == pytest.approx(expected / 2, rel=1e-10)
+
+
+def test_class_spread_ratio_refuses_one_class_and_coincident_centroids():
+    from labelsmooth.analysis import class_spread_ratio
+
+    with pytest.raises(ValueError, match="at least two classes"):
+        class_spread_ratio(np.ones((4, 2)), np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError, match="same place"):
+        class_spread_ratio(np.array([[1.0, 0.0], [-1.0, 0.0]] * 2), np.array([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="labels must have shape"):
+        class_spread_ratio(np.ones((4, 2)), np.zeros(3, dtype=np.int64))

@@ -23,6 +23,7 @@ from . import _checks
 __all__ = [
     "MutualInformationEstimate",
     "PenultimateProjection",
+    "class_spread_ratio",
     "mutual_information_under_noise",
     "penultimate_projection",
 ]
@@ -55,16 +56,25 @@ class MutualInformationEstimate:
     """Result of :func:`mutual_information_under_noise`.
 
     Attributes:
-        mutual_information: the estimate of I(X; D) in nats, in [0, log N].
-        means: (N,) mean logit difference of each example over the noise draws.
-        noise_variance: pooled within-example variance of the logit difference.
-        num_draws: number of noisy copies of each example.
+        mutual_information: the sample-based estimate of I(X; Y) in nats (Müller et al. 2019,
+            Sec. 4), at most log N. It is a Monte-Carlo average, so it can fall slightly
+            below 0 when the examples are indistinguishable.
+        means: (N,) mean logit difference of each example over its noise draws (mu_x).
+        noise_variance: the shared variance sigma^2 of the Gaussian p(y | x), as the paper
+            estimates it (mean squared deviation of a draw from its example's mean), averaged
+            over the L draws.
+        num_draws: L, the number of noisy copies of each example.
+        pairwise_bound: the Kolchinsky & Tracey (2017) pairwise-distance value at the means,
+            ``-1/N sum_i log(1/N sum_j exp(-(mu_i - mu_j)^2 / (2 sigma^2)))``: an upper
+            bound on the information of the fitted Gaussian mixture, evaluated at the means
+            only (not the paper's estimate; kept for comparison).
     """
 
     mutual_information: float
     means: np.ndarray
     noise_variance: float
     num_draws: int
+    pairwise_bound: float
 
     @property
     def upper_bound(self) -> float:
@@ -225,6 +235,54 @@ def penultimate_projection(
     )
 
 
+def class_spread_ratio(points: ArrayLike, labels: ArrayLike) -> float:
+    r"""Within-class spread over the distance between class centroids: one number for how
+    tight and how far apart the clusters of a penultimate-layer picture are.
+
+    For points :math:`p_i` with labels :math:`y_i` in C classes (each with at least one point),
+    with class centroids :math:`c_k`:
+
+    .. math::
+
+        \text{ratio} = \frac{\sqrt{\tfrac1N \sum_i \lVert p_i - c_{y_i} \rVert^2}}
+                             {\binom{C}{2}^{-1} \sum_{a < b} \lVert c_a - c_b \rVert}
+
+    the root-mean-square distance of a point to its own centroid over the mean distance between
+    two centroids. Müller et al. (2019) describe label smoothing as making the clusters tight
+    and equidistant: a lower ratio. The ratio does not change when every point is scaled by the
+    same factor, so models whose logits have different scales compare directly. Use it on
+    :attr:`PenultimateProjection.points` (the template plane) or on the features themselves
+    (the full space).
+
+    Args:
+        points: (N, D) coordinates.
+        labels: (N,) integer labels; at least two distinct classes.
+
+    Raises:
+        ValueError: fewer than two classes, or every centroid at the same place.
+
+    Example:
+        >>> points = np.array([[0.0, 1.0], [0.0, -1.0], [4.0, 1.0], [4.0, -1.0]])
+        >>> class_spread_ratio(points, np.array([0, 0, 1, 1]))
+        0.25
+    """
+    coordinates = _as_float_array("points", points, 2, "(N, D)")
+    label_array = _as_labels(labels, coordinates.shape[0])
+    classes = np.unique(label_array)
+    if classes.size < 2:
+        raise ValueError(
+            f"labels must hold at least two classes, got {classes.size} ({classes.tolist()})"
+        )
+    centroids = np.stack([coordinates[label_array == k].mean(axis=0) for k in classes])
+    index = np.searchsorted(classes, label_array)
+    spread = math.sqrt(float(((coordinates - centroids[index]) ** 2).sum(axis=1).mean()))
+    first, second = np.triu_indices(classes.size, k=1)
+    distance = float(np.linalg.norm(centroids[first] - centroids[second], axis=1).mean())
+    if distance == 0:
+        raise ValueError("every class centroid is at the same place: the ratio is not defined")
+    return spread / distance
+
+
 def _make_generator(generator: object, device: torch.device) -> torch.Generator | None:
     if generator is None or isinstance(generator, torch.Generator):
         return generator
@@ -237,40 +295,51 @@ def mutual_information_under_noise(
     inputs: Tensor,
     classes: tuple[int, int],
     *,
-    noise_std: float,
+    noise_std: float = 0.5,
     num_draws: int = 100,
     generator: torch.Generator | int | None = None,
 ) -> MutualInformationEstimate:
     r"""Mutual information between the example index and its logit difference under input noise.
 
-    The distillation diagnostic of Müller, Kornblith & Hinton (2019, Sec. 5): label smoothing
-    erases the information in the logits about *which* example of a class was seen. For N
-    examples :math:`x_1..x_N` (typically of the two classes a and b), draw L noisy copies
-    :math:`x_i + \sigma_{\text{noise}}\,\xi_{il}`, :math:`\xi \sim \mathcal N(0, I)`, and
-    record :math:`d_{il} = z_a(\cdot) - z_b(\cdot)`. With X uniform on the N examples and
-    :math:`D \mid X = i \sim \mathcal N(\mu_i, \sigma^2)` (Gaussian, shared variance),
+    The distillation diagnostic of Müller, Kornblith & Hinton (2019, "When does label
+    smoothing help?", Sec. 4): label smoothing erases the information in the logits about
+    *which* example of a class was seen. X is the index of one of N examples
+    :math:`x_1..x_N` (uniform; typically training examples of the two classes a and b) and Y
+    the logit difference :math:`z_a - z_b` of the model on a randomly perturbed copy of it.
+    The paper perturbs with data augmentation; here the perturbation is Gaussian input
+    noise: L copies :math:`x_i + \sigma_{\text{noise}}\,\xi_{il}`, :math:`\xi \sim
+    \mathcal N(0, I)`, give the samples :math:`y_{il} = z_a(\cdot) - z_b(\cdot)`. As in the
+    paper, :math:`p(y \mid x_i)` is approximated by a Gaussian :math:`\mathcal N(\mu_i,
+    \sigma^2)` with a variance shared by the examples, and :math:`I(X; Y) = \mathbb
+    E_{X,Y}[\log p(y \mid x) - \log \sum_x p(y \mid x) p(x)]` is estimated on samples (the
+    Gaussians' normalising constants cancel). The paper's estimate, with one draw
+    :math:`y_i` of each example playing :math:`f(d(z_x))`, is
 
     .. math::
 
-        \hat\mu_i = \frac1L \sum_l d_{il}, \qquad
-        \hat\sigma^2 = \frac1N \sum_i \frac{1}{L-1} \sum_l (d_{il} - \hat\mu_i)^2,
+        \hat I = \frac1N \sum_{i=1}^{N} \Big[ -\frac{(y_i - \mu_i)^2}{2\sigma^2}
+        - \log \frac1N \sum_{j=1}^{N} \exp\!\Big(-\frac{(y_i - \mu_j)^2}{2\sigma^2}\Big)
+        \Big], \qquad
+        \mu_i = \frac1L \sum_{l=1}^{L} y_{il}, \quad
+        \sigma^2 = \frac1N \sum_{i=1}^{N} (y_i - \mu_i)^2 .
 
-    .. math::
+    This function evaluates it once with each of the L draws as :math:`y_i = y_{il}` (and its
+    own :math:`\sigma_l^2 = \frac1N \sum_i (y_{il} - \mu_i)^2`) and returns the mean of the
+    L values: the same estimator with less Monte-Carlo noise.
 
-        \hat I(X; D) = \hat H(D) - H(D \mid X) = -\frac1N \sum_{i=1}^{N} \log \frac1N
-        \sum_{j=1}^{N} \exp\!\Big(-\frac{(\hat\mu_i - \hat\mu_j)^2}{2\hat\sigma^2}\Big)
-
-    in nats. :math:`H(D\mid X) = \tfrac12\log(2\pi e\hat\sigma^2)` is exact for the Gaussian
-    model; :math:`H(D)`, the entropy of the mixture :math:`\frac1N\sum_j \mathcal N(\hat\mu_j,
-    \hat\sigma^2)`, is approximated by the pairwise-distance estimator with the KL
-    divergence :math:`(\mu_i - \mu_j)^2 / 2\sigma^2` between components (Kolchinsky &
-    Tracey 2017), which is the Gaussian approximation of the paper. The estimate is 0 when
-    all means coincide (the logit difference says nothing about the example), increases as
-    the means separate relative to the noise, and reaches :math:`\log N` for perfectly
-    separated examples. With a finite L the sampling noise of :math:`\hat\mu_i` gives a small
-    positive bias of about :math:`1/(2L)`. If :math:`\hat\sigma^2 = 0` (no noise), the
-    kernel is 1 for equal means and 0 otherwise. Cost: ``num_draws`` forward passes over
-    the N inputs, and an N x N matrix (fine for the paper's few hundred examples).
+    In nats. Each bracket is at most :math:`\log N` (its j = i term equals the first term),
+    so :math:`\hat I \le \log N`, reached when the examples' logit differences are far apart
+    relative to the noise; :math:`\hat I = 0` when every :math:`\mu_j` is the same (the
+    logit difference says nothing about the example); for two well-separated classes whose
+    examples are otherwise indistinguishable it is about :math:`\log 2`. Being a Monte-Carlo
+    estimate it can be slightly negative for nearly indistinguishable examples. If
+    :math:`\sigma_l^2 = 0` (no noise, or a model that ignores its input), a Gaussian of zero
+    width is a point mass: the kernel is 1 for :math:`y_{il} = \mu_j` and 0 otherwise, so the
+    estimate is :math:`\log N` for distinct examples and 0 for a constant model. The value
+    depends on ``noise_std`` relative to the scale of the inputs (the study's standardised
+    features: 0.5 is half a feature's standard deviation) and, through the Monte-Carlo mean,
+    slightly on L (the paper used L = 5 and N = 600). Cost: ``num_draws`` forward passes over
+    the N inputs, and an N x N array per draw.
 
     Args:
         model: a callable mapping a batch of inputs (N, ...) to logits (N, K); it is called
@@ -278,19 +347,20 @@ def mutual_information_under_noise(
             in ``eval()`` mode first (dropout and batch-norm statistics would add noise).
         inputs: (N, ...) floating tensor of N >= 2 examples.
         classes: the pair (a, b) whose logit difference :math:`z_a - z_b` is measured.
-        noise_std: standard deviation of the Gaussian input noise, >= 0.
+        noise_std: standard deviation of the Gaussian input noise, >= 0; default 0.5 (the
+            study's ``mi_noise_std``).
         num_draws: L >= 2 noisy copies of every example.
         generator: a ``torch.Generator`` (on the device of ``inputs``), an int seed, or
             ``None`` for the global generator.
 
     Example:
         >>> x = torch.tensor([[-3.0], [-1.0], [1.0], [3.0]])
-        >>> model = lambda v: torch.cat([v, -v], dim=1)  # d = 2 x: examples well apart
+        >>> model = lambda v: torch.cat([v, -v], dim=1)  # y = 2 x: examples well apart
         >>> estimate = mutual_information_under_noise(
         ...     model, x, (0, 1), noise_std=0.1, num_draws=20, generator=0)
         >>> round(estimate.mutual_information, 3), round(estimate.upper_bound, 3)
         (1.386, 1.386)
-        >>> constant = lambda v: torch.zeros(v.shape[0], 2)  # d does not depend on the example
+        >>> constant = lambda v: torch.zeros(v.shape[0], 2)  # y does not depend on the example
         >>> mutual_information_under_noise(
         ...     constant, x, (0, 1), noise_std=0.1, num_draws=20, generator=0
         ... ).mutual_information
@@ -345,20 +415,39 @@ def mutual_information_under_noise(
     return _gaussian_information(samples)
 
 
-def _gaussian_information(samples: np.ndarray) -> MutualInformationEstimate:
-    """The estimator of :func:`mutual_information_under_noise` on (N, L) logit differences."""
-    if not np.isfinite(samples).all():
-        raise ValueError("the model returned non-finite logits")
-    num_examples, num_draws = samples.shape
-    means = samples.mean(axis=1)
-    variance = float(samples.var(axis=1, ddof=1).mean())
-    squared = (means[:, None] - means[None, :]) ** 2
+def _log_mean_kernel(values: np.ndarray, means: np.ndarray, variance: float) -> np.ndarray:
+    """``log (1/N) sum_j exp(-(v - mu_j)^2 / (2 variance))`` for every value v (stable);
+    with variance 0 the kernel is 1 where v == mu_j and 0 elsewhere."""
+    squared = (values[..., None] - means) ** 2
     if variance > 0:
         log_kernel = -squared / (2.0 * variance)
     else:
         log_kernel = np.where(squared == 0, 0.0, -np.inf)
-    # log (1/N) sum_j exp(log_kernel_ij), stable; the diagonal term is exp(0) = 1.
-    top = log_kernel.max(axis=1, keepdims=True)
-    log_mean = top[:, 0] + np.log(np.exp(log_kernel - top).sum(axis=1)) - math.log(num_examples)
-    information = max(0.0, float(-log_mean.mean()))  # 0.0, never -0.0
-    return MutualInformationEstimate(information, means, variance, num_draws)
+    top = log_kernel.max(axis=-1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        summed = np.log(np.exp(log_kernel - top).sum(axis=-1))
+    return top[..., 0] + summed - math.log(means.shape[0])
+
+
+def _gaussian_information(samples: np.ndarray) -> MutualInformationEstimate:
+    """The sample-based estimator of :func:`mutual_information_under_noise` on the (N, L)
+    logit differences ``samples[i, l] = y_il``: the paper's estimate with each draw l in turn,
+    averaged over l."""
+    if not np.isfinite(samples).all():
+        raise ValueError("the model returned non-finite logits")
+    num_draws = samples.shape[1]
+    # no spread within any example: the exact values (a mean can be off by a rounding)
+    constant = bool((samples == samples[:, :1]).all())
+    means = samples[:, 0].copy() if constant else samples.mean(axis=1)
+    estimates = []
+    variances = []
+    for draw in samples.T:  # (N,): one draw of every example
+        variance = float(((draw - means) ** 2).mean())
+        own = -((draw - means) ** 2) / (2.0 * variance) if variance > 0 else np.zeros_like(draw)
+        estimates.append(float((own - _log_mean_kernel(draw, means, variance)).mean()))
+        variances.append(variance)
+    information = float(np.mean(estimates)) + 0.0  # 0.0, never -0.0
+    pooled = float(np.mean(variances))
+    bound = max(0.0, float(-_log_mean_kernel(means, means, pooled).mean()))
+    return MutualInformationEstimate(information, means, pooled, num_draws, bound)
