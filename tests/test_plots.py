@@ -519,3 +519,37 @@ def test_small_multiples_grid_and_given_figures():
         plots.small_multiples_histogram({"a": torch.rand(4)}, range=(1.0, 0.0))
     with pytest.raises(ValueError, match="ncols must be"):
         plots.small_multiples_histogram({"a": torch.rand(4)}, ncols=0)
+
+
+def test_heatmap_annotates_cells_and_marks_significant_ones(tmp_path):
+    values = [[0.012, -0.03], [math.nan, 0.0]]
+    figure = plots.heatmap(
+        values,
+        row_labels=["0.001", "0.01"],
+        col_labels=["0.1", "0.2"],
+        significant=[[True, False], [False, False]],
+        xlabel="eps",
+        ylabel="learning rate",
+        title="Δ accuracy",
+    )
+    ax = figure.axes[0]
+    texts = ax.texts
+    assert [t.get_text() for t in texts] == ["+0.012*", "-0.030", "–", "+0.000"]
+    assert texts[0].get_fontweight() == "bold" and texts[1].get_fontweight() == "normal"
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "eps",
+        "learning rate",
+        "Δ accuracy",
+    )
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0.001", "0.01"]
+    image = ax.images[0]
+    assert image.norm.vmin == pytest.approx(-0.03) and image.norm.vmax == pytest.approx(0.03)
+    assert bool(image.get_array().mask[1, 0]) and not bool(image.get_array().mask[0, 0])
+    assert len(figure.axes) == 2  # the panel and its colour bar
+    path = tmp_path / "heatmap.png"
+    figure.savefig(path)
+    assert imread(path).shape[0] > 100
+    with pytest.raises(ValueError, match="significant must have the shape"):
+        plots.heatmap(values, row_labels=["a", "b"], col_labels=["x", "y"], significant=[[True]])
+    with pytest.raises(ValueError, match="row_labels"):
+        plots.heatmap(values, row_labels=["a"], col_labels=["x", "y"])

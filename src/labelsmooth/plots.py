@@ -44,6 +44,7 @@ from .analysis import PenultimateProjection
 
 __all__ = [
     "confidence_histogram",
+    "heatmap",
     "logit_gap_histogram",
     "paired_difference_plot",
     "penultimate_scatter",
@@ -671,4 +672,96 @@ def paired_difference_plot(
             handles.append(Line2D([], [], color=color, marker="o", linewidth=_LINEWIDTH))
             labels.append(text)
     _legend_below(ax, handles, labels, ncols=len(handles))
+    return figure
+
+
+def heatmap(
+    values: metrics.ArrayLike,
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    significant: metrics.ArrayLike | None = None,
+    ax: Axes | None = None,
+    xlabel: str = "column",
+    ylabel: str = "row",
+    title: str | None = None,
+    cmap: str = "RdBu_r",
+    digits: int = 3,
+    colorbar_label: str = "mean difference",
+) -> Figure:
+    """A grid of numbers (e.g. paired mean differences) as coloured cells, each annotated.
+
+    Colours run on a diverging map centred at 0 with symmetric limits (the largest absolute
+    finite value), so the sign of every cell reads at a glance; a nan cell is grey and shows
+    "–". Cells where ``significant`` is true (e.g. a 95% interval that excludes 0) have their
+    number in bold with an asterisk. Rows are drawn top to bottom in the given order.
+
+    Args:
+        values: (rows, columns) numbers; nan where there is none.
+        row_labels, col_labels: tick labels, one per row / column.
+        significant: (rows, columns) booleans, or None for no marks.
+        digits: decimals of the annotations (shown with a sign).
+        colorbar_label: the colour bar's label.
+
+    Example:
+        >>> figure = heatmap([[0.01, -0.02]], row_labels=["a"], col_labels=["x", "y"],
+        ...                  significant=[[True, False]])
+        >>> [t.get_text() for t in figure.axes[0].texts]
+        ['+0.010*', '-0.020']
+    """
+    grid = np.asarray(values, dtype=np.float64)
+    if grid.ndim != 2 or grid.size == 0:
+        raise ValueError(f"values must be a non-empty 2-D array, got shape {grid.shape}")
+    rows, cols = grid.shape
+    if len(row_labels) != rows or len(col_labels) != cols:
+        raise ValueError(
+            f"row_labels and col_labels must have {rows} and {cols} entries, got "
+            f"{len(row_labels)} and {len(col_labels)}"
+        )
+    marks = np.zeros(grid.shape, dtype=bool)
+    if significant is not None:
+        marks = np.asarray(significant, dtype=bool)
+        if marks.shape != grid.shape:
+            raise ValueError(
+                f"significant must have the shape of values {grid.shape}, got {marks.shape}"
+            )
+    if np.isinf(grid).any():
+        raise ValueError("values must be finite or nan")
+    figure, ax = _axes(ax, (1.2 + 1.1 * cols, 1.0 + 0.6 * rows))
+    finite = grid[np.isfinite(grid)]
+    limit = float(np.abs(finite).max()) if finite.size else 1.0
+    limit = limit if limit > 0 else 1.0
+    from matplotlib import colormaps
+
+    colormap = colormaps[cmap].with_extremes(bad="0.85")
+    image = ax.imshow(
+        np.ma.masked_invalid(grid), cmap=colormap, vmin=-limit, vmax=limit, aspect="auto"
+    )
+    for i in range(rows):
+        for j in range(cols):
+            value = grid[i, j]
+            if not math.isfinite(value):
+                ax.text(j, i, "–", ha="center", va="center", color="black")
+                continue
+            shade = colormap((value + limit) / (2 * limit))
+            luminance = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2]
+            text = f"{value:+.{digits}f}" + ("*" if marks[i, j] else "")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                color="white" if luminance < 0.5 else "black",
+                fontweight="bold" if marks[i, j] else "normal",
+                fontsize="small",
+            )
+    ax.set_xticks(np.arange(cols), [str(c) for c in col_labels])
+    ax.set_yticks(np.arange(rows), [str(r) for r in row_labels])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    colorbar = figure.colorbar(image, ax=ax)
+    colorbar.set_label(colorbar_label)
     return figure
