@@ -348,6 +348,7 @@ _STUDY_FLAGS = (
     "max_train",
     "max_data_bytes",
     "max_classes",
+    "text",
 )
 
 DEFAULT_OUT = "labelsmooth-study"
@@ -474,6 +475,12 @@ def _add_study_parser(commands: argparse._SubParsersAction) -> None:
         "--temperatures",
         type=_float_list,
         help=f"distillation temperatures (default: {show(defaults.temperatures)})",
+    )
+    study.add_argument(
+        "--text",
+        help="the sequence experiment's corpus: a UTF-8 text file, one document per paragraph "
+        "(blocks separated by a blank line) (default: the Python documentation in "
+        "pydoc_data.topics)",
     )
     study.add_argument("--device", help=f"torch device (default: {defaults.device})")
     study.add_argument(

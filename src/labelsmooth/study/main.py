@@ -13,6 +13,7 @@ from typing import Any, TextIO
 import torch
 import torch.distributed as dist
 
+from . import exp_sequence
 from .config import ConfigError, StudyConfig, check_config
 from .data import Split
 from .experiments import Plan, Run, split_sizes
@@ -116,6 +117,8 @@ def run_study(
     if config.threads:
         torch.set_num_threads(config.threads)
     data, data_hash = prepare_data(config)
+    if "sequence" in config.experiments:  # the text's contents are data too (ConfigError if bad)
+        data_hash = f"{data_hash}+text:{exp_sequence.corpus_fingerprint(config)}"
     check_config(config, None if data.multilabel else data.num_classes)
     study_plan: Plan = plan(data, config)
     if not study_plan.runs:

@@ -224,8 +224,14 @@ class StudyFolder:
             if fingerprint == self.fingerprint:
                 return
             difference = _describe_difference(stored.get("config", {}), settings)
-            if stored.get("data_fingerprint") != self.data_fingerprint:
-                difference = "; ".join(filter(None, ["the data set's contents", difference]))
+            old_data = str(stored.get("data_fingerprint")).split("+text:")
+            new_data = str(self.data_fingerprint).split("+text:")
+            changed = []
+            if old_data[0] != new_data[0]:
+                changed.append("the data set's contents")
+            if old_data[1:] != new_data[1:]:
+                changed.append("the sequence experiment's text")
+            difference = "; ".join(filter(None, [*changed, difference]))
             raise ConfigError(
                 f"{self.argument} {self.directory} holds a study with another configuration "
                 f"({difference or 'fingerprint ' + fingerprint}); use {self._new}, or "
