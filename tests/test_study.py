@@ -21,7 +21,7 @@ pytest.importorskip("matplotlib")
 from labelsmooth.cli import main
 from labelsmooth.study import data as data_module
 from labelsmooth.study import experiments
-from labelsmooth.study.config import ConfigError, make_config
+from labelsmooth.study.config import EXPERIMENTS, ConfigError, make_config
 from labelsmooth.study.main import _warn_if_long, run_study
 from labelsmooth.study.report import render_report
 from labelsmooth.study.runner import FolderInUseError, StudyFolder, atomic_write_bytes
@@ -33,9 +33,20 @@ TINY = {
     "styles": ["uniform", "others"],
     "seeds": [0, 1, 2],
     "noise_rates": [0.0, 0.4],
-    "noise_eps": [-0.2, 0.0, 0.2],
+    "noise_eps": [0.2],
+    "nls_eps": [-1.0],
+    "nls_noise_rates": [0.4],
+    "nls_epochs": 2,
     "temperatures": [1.0, 2.0],
+    "lr_grid": [1e-3, 1e-2],
+    "lr_eps": [0.0, 0.1],
     "multilabel_eps": [0.0, 0.1],
+    "multilabel_lrs": [1e-3],
+    "sequence_max_tokens": 3000,
+    "sequence_width": 16,
+    "sequence_layers": 1,
+    "sequence_epochs": 1,
+    "sequence_length": 16,
     "overconfident_train_size": 60,
     "overconfident_epochs": 3,
     "max_train": 300,
@@ -97,13 +108,7 @@ def test_outputs(tiny_study):
     out, summary = tiny_study
     records = _records(out)
     assert len(records) == summary["total_runs"] == summary["computed"]
-    assert {r["experiment"] for r in records} == {
-        "sweep",
-        "noise",
-        "distillation",
-        "multilabel",
-        "variants",
-    }
+    assert {r["experiment"] for r in records} == set(EXPERIMENTS)
     first = records[0]
     assert set(first) >= {"key", "fingerprint", "status", "config", "seed", "metrics", "seconds"}
     assert first["versions"]["torch"] and first["status"] == "ok"
@@ -136,17 +141,29 @@ def test_outputs(tiny_study):
         "confidence_main.png",
         "logit_gap_uniform_main.png",
         "penultimate_main.png",
-        "noise.png",
-        "distillation.png",
-        "multilabel.png",
+        "noise_accuracy.png",
+        "nls_logit_norm.png",
+        "distillation_students.png",
+        "lr_heatmap_main.png",
+        "multilabel_outputs_lr0.001.png",
+        "sequence_reliability_gap.png",
     } <= figures
     page = (out / "report.html").read_text()
     assert page.count("<img") == len(figures)
     assert page.count('src="data:image/png;base64,') == len(figures)  # self-contained
     # The report opens with the verdict: its heading comes before every other section.
-    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    headings = re.findall(r"<h2[^>]*>(.*?)</h2>", page)
     assert headings[0] == "Verdict" and headings[1] == "Methods"
-    for section in ("eps sweep", "Noisy labels", "Distillation", "multi-label", "Variants"):
+    for section in (
+        "eps sweep",
+        "Noisy labels",
+        "Negative label smoothing",
+        "Distillation",
+        "Learning rate x eps",
+        "multi-label",
+        "Token-level smoothing",
+        "Variants",
+    ):
         assert any(section in h for h in headings)
     n = json.loads((out / "findings.json").read_text())
     assert f"n_train {n['n_train']}, n_val {n['n_val']}, n_test {n['n_test']}" in page
@@ -159,12 +176,16 @@ def test_findings_json_schema(tiny_study):
     findings = json.loads((out / "findings.json").read_text())
     assert set(findings) >= FINDINGS_KEYS
     assert findings["selected_on"] == "validation" and findings["complete"] is True
-    # 66 runs of the four original experiments + 10 variant arms x 3 seeds x 2 settings
-    assert findings["runs"] == {"finished": 126, "diverged": 0, "planned": 126}
+    # per seed: sweep 3 x 2 settings, noise 10 (clean: 3 arms; symmetric and pair-flip at 0.4:
+    # ce, ls 0.2, others 0.4, forward), nls 6 (2 kinds: warm-up, eps 0 and -1 fine-tunes),
+    # distillation 8 (2 teachers, hard and smoothed students, 2 teachers x 2 T), lr 8 (2 lr x
+    # 2 eps x 2 settings), multilabel 4, sequence 4, variants 10 x 2 settings: 66 x 3 seeds
+    assert findings["runs"] == {"finished": 198, "diverged": 0, "planned": 198}
     assert findings["n_train"] + findings["n_val"] == 300 and findings["n_test"] > 0
     assert findings["seeds"] == [0, 1, 2]
     experiments_seen = {c["experiment"] for c in findings["comparisons"]}
-    assert experiments_seen == {"sweep", "noise", "distillation", "multilabel", "variants"}
+    assert experiments_seen == set(EXPERIMENTS)
+    assert set(findings["experiments"]) == set(EXPERIMENTS) - {"sweep", "variants"}
     for comparison in findings["comparisons"]:
         assert set(comparison) >= COMPARISON_KEYS
         low, high = comparison["ci_low"], comparison["ci_high"]
@@ -199,7 +220,11 @@ def test_selection_never_reads_test_labels(tiny_study, tmp_path, monkeypatch):
         for name in ("best_epoch", "temperature", "val_nll", "val_accuracy", "val_nll_ts"):
             if name in a["metrics"]:
                 assert a["metrics"][name] == b["metrics"][name], (a["key"], name)
-        changed_test_metric |= a["metrics"]["accuracy"] != b["metrics"]["accuracy"]
+        for name in ("val_token_nll", "val_token_nll_ts"):  # the sequence experiment's
+            if name in a["metrics"]:
+                assert a["metrics"][name] == b["metrics"][name], (a["key"], name)
+        if "accuracy" in a["metrics"]:
+            changed_test_metric |= a["metrics"]["accuracy"] != b["metrics"]["accuracy"]
     assert changed_test_metric  # the poison reached the test metrics
     chosen = {}
     for directory in (out, poisoned_out):
@@ -236,7 +261,8 @@ def test_deterministic_under_a_seed_and_across_workers(tiny_study, tmp_path):
     run_study(config, tmp_path, quiet=True)
     reference = {r["key"]: r for r in _records(out)}
     mine = _records(tmp_path)
-    assert len(mine) == 2 * 3 * 2 + 2 * (2 + 1 + 2 * 2)  # sweep + distillation, 2 seeds
+    # sweep 3 arms x 2 settings; distillation 2 teachers, 2 label students, 2 teachers x 2 T
+    assert len(mine) == 2 * (3 * 2 + 2 + 2 + 2 * 2)
     for record in mine:
         assert record["metrics"] == reference[record["key"]]["metrics"], record["key"]
 
@@ -463,15 +489,18 @@ def test_noise_rates_a_binary_task_cannot_support_are_skipped(tmp_path):
             "label_column": "diagnosis",
             "experiments": ["noise"],
             "noise_rates": [0.0, 0.6],
-            "noise_eps": [0.0, 0.1],
+            "noise_eps": [0.1],
             "seeds": [0, 1],
             "max_train": 200,
         }
     )
     run_study(config, tmp_path / "out", quiet=True)
     findings = json.loads((tmp_path / "out" / "findings.json").read_text())
-    assert any("Noise rate 0.6 skipped" in note for note in findings["notes"])
-    assert {c["setting"] for c in findings["comparisons"]} == {"noise=0"}
+    notes = " ".join(findings["notes"])
+    assert "noise: symmetric noise at rate 0.6 skipped" in notes
+    assert "noise: pair-flip noise at rate 0.6 skipped" in notes
+    # only the clean cell is left: rate 0 for both kinds of noise
+    assert {c["setting"] for c in findings["comparisons"]} == {"clean, rate 0"}
 
 
 def test_cli_runs_with_a_config_file_and_re_renders(tmp_path, capsys):

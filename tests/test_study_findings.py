@@ -24,12 +24,12 @@ from scipy import stats as scipy_stats
 
 from labelsmooth.study.findings import (
     METRICS,
-    analyse,
     arm_label,
     count_runs,
     group_results,
     higher_is_better,
 )
+from labelsmooth.study.registry import analyse
 
 SEEDS = (0, 1, 2, 3, 4)
 PATTERN = (1.0, -1.0, 0.5, -0.5, 0.0)  # sums to 0 over the five seeds
@@ -150,45 +150,6 @@ def sweep(arms, *, setting="main", scale=0.002, seeds=SEEDS):
     return records
 
 
-def noise(rates, scale=0.002):
-    """``rates``: {rate: {eps: shifts}}."""
-    records = []
-    for rate, arms in rates.items():
-        for index, (eps, shifts) in enumerate(arms.items()):
-            for seed in SEEDS:
-                metrics = measured(classifier_names("flipped"), index, seed, shifts, scale)
-                records.append(record("noise", "main", {"noise": rate, "eps": eps}, seed, metrics))
-    return records
-
-
-def distillation(teachers, students, hard=None, scale=0.002):
-    """``teachers``: {teacher_eps: shifts}; ``students``: {(teacher_eps, T): shifts}."""
-    records = []
-    names = classifier_names("mutual_information")
-    for index, (eps, shifts) in enumerate(teachers.items()):
-        for seed in SEEDS:
-            metrics = measured(names, index, seed, shifts, scale)
-            records.append(record("distillation", "teacher", {"teacher_eps": eps}, seed, metrics))
-    hard_params = {"teacher_eps": "labels", "temperature": 0}
-    for index, (params, shifts) in enumerate([(hard_params, hard or {}), *students.items()]):
-        if isinstance(params, tuple):
-            params = {"teacher_eps": params[0], "temperature": params[1]}
-        for seed in SEEDS:
-            metrics = measured(classifier_names(), index, seed, shifts, scale)
-            records.append(record("distillation", "student", params, seed, metrics))
-    return records
-
-
-def multilabel(arms, scale=0.002):
-    records = []
-    for index, ((eps, style), shifts) in enumerate(arms):
-        params = {"style": style if eps else "none", "eps": eps}
-        for seed in SEEDS:
-            metrics = measured(MULTILABEL, index, seed, shifts, scale)
-            records.append(record("multilabel", "main", params, seed, metrics))
-    return records
-
-
 BASELINE = ((0.0, "uniform"), {})
 
 # Main sweep: validation NLL chooses eps 0.05 uniform; validation NLL after TS chooses eps 0.1
@@ -207,37 +168,20 @@ OVERCONFIDENT_ARMS = [
     ((0.1, "uniform"), {"val_nll": -0.02, "val_nll_ts": -0.01, "accuracy": -0.03, "ece": 0.02}),
     ((0.2, "uniform"), {"val_nll": -0.01, "val_nll_ts": -0.02, "accuracy": 0.03, "brier": -0.02}),
 ]
-NOISE = {
-    0.0: {-0.2: {"val_accuracy": 0.01}, 0.0: {}, 0.2: {"accuracy": -0.03}},
-    0.4: {
-        -0.2: {"accuracy": -0.02},
-        0.0: {"final_accuracy": -0.05},
-        0.2: {"val_accuracy": 0.05, "accuracy": 0.04},
-    },
+# The penultimate geometry of the main sweep: eps 0.1 uniform has clearly tighter clusters in the
+# template plane, no detectable change in the full space.
+GEOMETRY = {
+    0.0: {"spread_ratio_plane": 0.30, "spread_ratio_full": 0.50},
+    0.05: {"spread_ratio_plane": 0.30, "spread_ratio_full": 0.50},
+    0.1: {"spread_ratio_plane": 0.20, "spread_ratio_full": 0.50},
+    0.2: {"spread_ratio_plane": 0.21, "spread_ratio_full": 0.51},
 }
-TEACHERS = {0.0: {}, 0.1: {"mutual_information": -0.5}}
-STUDENTS = {
-    (0.0, 1.0): {},
-    (0.0, 2.0): {"val_accuracy": 0.02, "accuracy": 0.01},
-    (0.0, 4.0): {"val_accuracy": 0.01, "accuracy": 0.05},
-    (0.1, 1.0): {"val_accuracy": 0.01},
-    (0.1, 2.0): {},
-    (0.1, 4.0): {"val_accuracy": 0.03, "accuracy": 0.03},
-}
-MULTILABEL_ARMS = [
-    BASELINE,
-    ((0.1, "uniform"), {"val_nll": -0.01, "macro_auroc": 0.02}),
-    ((0.1, "others"), {"val_nll": -0.02, "label_ece": -0.01}),
-]
 
 
 def full_study():
     return [
         *sweep(MAIN_ARMS),
         *sweep(OVERCONFIDENT_ARMS, setting="overconfident"),
-        *noise(NOISE),
-        *distillation(TEACHERS, STUDENTS),
-        *multilabel(MULTILABEL_ARMS),
     ]
 
 
@@ -252,15 +196,6 @@ def choices(findings):
         "best_ts": params_of(findings.sections["sweep:main"]["best_ts"]),
         "overconfident best": params_of(findings.sections["sweep:overconfident"]["best"]),
         "overconfident best_ts": params_of(findings.sections["sweep:overconfident"]["best_ts"]),
-        "noise": {
-            rate: g.params["eps"] for rate, g in findings.sections["noise"]["chosen"].items()
-        },
-        "students": sorted(
-            r.label
-            for r in findings.sections["distillation"]["student_rows"]
-            if r.note == "chosen on validation"
-        ),
-        "multilabel": params_of(findings.sections["multilabel"]["best"]),
     }
 
 
@@ -269,9 +204,6 @@ EXPECTED_CHOICES = {
     "best_ts": (0.1, "uniform"),
     "overconfident best": (0.1, "uniform"),
     "overconfident best_ts": (0.2, "uniform"),
-    "noise": {0.0: -0.2, 0.4: 0.2},
-    "students": ["teacher eps=0, T=2", "teacher eps=0.1, T=4"],
-    "multilabel": (0.1, "others"),
 }
 
 
@@ -478,19 +410,11 @@ def test_changing_validation_metrics_changes_the_choices(study):
     changed = shift_metric(
         changed, "val_nll_ts", -0.5, experiment="sweep", setting="main", eps=0.05
     )
-    changed = shift_metric(changed, "val_accuracy", 0.5, experiment="noise", noise=0.4, eps=-0.2)
-    changed = shift_metric(
-        changed, "val_accuracy", 0.5, setting="student", teacher_eps=0.1, temperature=1.0
-    )
-    changed = shift_metric(changed, "val_nll", -0.5, experiment="multilabel", style="uniform")
     after = analyse(changed, SEEDS)
     assert choices(after) == {
         **EXPECTED_CHOICES,
         "best": (0.2, "uniform"),
         "best_ts": (0.05, "uniform"),
-        "noise": {0.0: -0.2, 0.4: -0.2},
-        "students": ["teacher eps=0, T=2", "teacher eps=0.1, T=1"],
-        "multilabel": (0.1, "uniform"),
     }
     # the recommendation follows the new validation choice (still significant on test)
     assert findings.recommendation["eps"] == 0.1
@@ -641,7 +565,7 @@ def test_recommendation_never_calls_a_significant_comparison_undetectable(smooth
 
 
 def test_recommendation_without_a_sweep_has_the_same_keys():
-    findings = analyse(noise(NOISE), SEEDS)
+    findings = analyse([], SEEDS)
     assert findings.recommendation["text"] == "No sweep was run, so there is no recommendation."
     assert set(findings.recommendation) == RECOMMENDATION_KEYS
 
@@ -655,7 +579,7 @@ def test_every_comparison_has_the_documented_fields(study):
     _, findings = study
     assert len(findings.comparisons) > 100
     experiments = {c["experiment"] for c in findings.comparisons}
-    assert experiments == {"sweep", "noise", "distillation", "multilabel"}
+    assert experiments == {"sweep"}
     for c in findings.comparisons:
         assert set(c) >= COMPARISON_KEYS, c
         assert c["selected_on"] == "validation"
@@ -699,7 +623,7 @@ def test_wording_rule_over_every_sentence(study):
     _, findings = study
     sentences = all_sentences(findings)
     sections = [k for k in findings.sections if k != "groups"]
-    assert sections == ["sweep:main", "sweep:overconfident", "noise", "distillation", "multilabel"]
+    assert sections == ["sweep:main", "sweep:overconfident"]
     assert all(findings.sections[k]["sentences"] for k in sections)
     counts = [check_wording(s) for s in sentences]
     assert sum(n for n, _ in counts) >= 5  # both kinds of phrases really occur
@@ -895,3 +819,51 @@ def test_no_variant_difference_is_said_as_such():
         "eps=0.1 (uniform) in NLL (before or after temperature scaling) or accuracy "
         "(1 arms x 3 metrics)."
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Penultimate geometry
+# ----------------------------------------------------------------------------------------------
+
+
+def with_geometry(records):
+    out = copy.deepcopy(records)
+    for rec in out:
+        if rec["experiment"] == "sweep" and rec["setting"] == "main":
+            for offset, (name, value) in enumerate(GEOMETRY[rec["params"]["eps"]].items()):
+                arm = int(100 * rec["params"]["eps"]) + len(rec["params"]["style"])
+                jitter = 0.002 * PATTERN[(rec["seed"] + offset + arm) % len(PATTERN)]
+                rec["metrics"][name] = value + 0.01 * rec["seed"] + jitter
+    return out
+
+
+def test_geometry_rows_pair_every_arm_against_eps_0():
+    findings = analyse(with_geometry(full_study()), SEEDS)
+    section = findings.sections["sweep:main"]
+    rows = {row.label: row for row in section["geometry_rows"]}
+    assert len(rows) == len(MAIN_ARMS)
+    tight = rows["eps=0.1 (uniform)"].comparisons
+    assert tight["spread_ratio_plane"].significant
+    assert tight["spread_ratio_plane"].mean_delta == pytest.approx(-0.10)
+    assert not tight["spread_ratio_full"].significant
+    assert rows["eps=0.05 (uniform)"].note == "the smoothing arm chosen on validation NLL"
+    geometry = [c for c in findings.comparisons if c["metric"].startswith("spread_ratio")]
+    assert len(geometry) == 2 * (len(MAIN_ARMS) - 1)
+    assert all(c["setting"] == "main" for c in geometry)
+    sentences = section["geometry_sentences"]
+    assert "eps=0.05 (uniform) (the smoothing arm with the lowest validation NLL" in sentences[1]
+    assert not rows["eps=0.05 (uniform)"].comparisons["spread_ratio_plane"].significant
+    plane = [c for c in geometry if c["metric"] == "spread_ratio_plane" and c["significant"]]
+    full = [c for c in geometry if c["metric"] == "spread_ratio_full" and c["significant"]]
+    assert len(plane) >= 3 and all(c["mean_delta"] < 0 for c in plane)  # eps 0.1 (x2), 0.2
+    raised_full = sum(c["mean_delta"] > 0 for c in full)
+    assert sentences[2] == (
+        "Across all 4 smoothing arms (8 intervals, of which about one would exclude 0 by chance "
+        f"alone): in the template plane, {len(plane)} lie wholly below 0 (a smaller ratio than at "
+        f"eps=0) and 0 wholly above; in the full space, {len(full) - raised_full} lie wholly "
+        f"below 0 (a smaller ratio than at eps=0) and {raised_full} wholly above."
+    )
+    for sentence in sentences:
+        check_wording(sentence)
+    # the over-confident setting's runs have no geometry metrics: no rows, no sentences
+    assert findings.sections["sweep:overconfident"]["geometry_rows"] == []

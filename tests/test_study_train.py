@@ -126,12 +126,12 @@ def test_on_epoch_end_runs_after_each_epochs_updates_and_drives_online_label_smo
 
 
 def test_the_variants_experiment_plans_every_arm_paired_by_seed_in_both_settings():
-    from labelsmooth.study import experiments
+    from labelsmooth.study import experiments, registry
     from labelsmooth.study.config import make_config
     from labelsmooth.study.data import synthetic
 
     config = make_config({"seeds": [0, 1], "experiments": ["variants"]})
-    plan = experiments.plan(synthetic(seed=0), config)
+    plan = registry.plan(synthetic(seed=0), config)
     keys = [run.key for run in plan.runs]
     arms = list(experiments.VARIANT_ARMS)
     assert arms[:2] == ["baseline", "label_smoothing"]

@@ -30,10 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import variants
+from ..analysis import class_spread_ratio, penultimate_projection
 from ..functional import cross_entropy
 from .config import StudyConfig
 from .data import Split, synthetic
@@ -236,13 +238,23 @@ def measure_classifier(
 
 
 def mlp_train_function(
-    data: Split, config: StudyConfig, epochs: int, *, projection: bool = False
+    data: Split,
+    config: StudyConfig,
+    epochs: int,
+    *,
+    projection: bool = False,
+    geometry: dict[str, float] | None = None,
 ) -> Callable[[float, str, int, EpochReport], Outputs]:
     """The CLI study's training function for :func:`~labelsmooth.study.outputs.run_trial`:
     ``train(eps, style, seed, report)`` trains the study's MLP on ``data`` with
     ``labelsmooth.cross_entropy(eps, style)`` and returns its outputs (the same signature a
     user gives :class:`labelsmooth.study.Sweep`). The MLP's loop keeps the best validation
-    epoch itself, by the same rule as ``report``."""
+    epoch itself, by the same rule as ``report``.
+
+    ``projection``: keep the test set's penultimate features and the last layer in the
+    outputs' arrays (the projection figure). ``geometry``: a dict that receives
+    :func:`penultimate_geometry` of the kept model (``spread_ratio_plane``,
+    ``spread_ratio_full``)."""
 
     def train(eps: float, style: str, seed: int, report: EpochReport) -> Outputs:
         part = seed_data(data, config, seed)
@@ -252,18 +264,43 @@ def mlp_train_function(
 
         trained = _fit(part, config, loss_fn, seed, epochs=epochs)
         outputs = classifier_outputs(trained, part, config)
-        if projection:
+        if projection or geometry is not None:
             classifier = trained.model.classifier
-            outputs.arrays.update(
-                {
-                    "features": _features(trained.model, part.x_test, config.device).numpy(),
-                    "weight": classifier.weight.detach().cpu().numpy(),
-                    "bias": classifier.bias.detach().cpu().numpy(),
-                }
-            )
+            kept = {
+                "features": _features(trained.model, part.x_test, config.device).numpy(),
+                "weight": classifier.weight.detach().cpu().numpy(),
+                "bias": classifier.bias.detach().cpu().numpy(),
+            }
+            if projection:
+                outputs.arrays.update(kept)
+            if geometry is not None:
+                geometry.update(
+                    penultimate_geometry(
+                        kept, part.y_test.numpy(), tuple(config.projection_classes)
+                    )
+                )
         return outputs
 
     return train
+
+
+def penultimate_geometry(
+    arrays: dict[str, np.ndarray], labels: np.ndarray, classes: tuple[int, ...]
+) -> dict[str, float]:
+    """Within-class spread over centroid distance
+    (:func:`labelsmooth.analysis.class_spread_ratio`) of the test examples of the three
+    ``classes``: in the plane of their templates (``spread_ratio_plane``, the projection
+    figure's coordinates) and in the full penultimate space (``spread_ratio_full``)."""
+    projection = penultimate_projection(
+        arrays["features"], arrays["weight"], arrays["bias"], labels, classes
+    )
+    selected = np.isin(labels, classes)
+    return {
+        "spread_ratio_plane": class_spread_ratio(projection.points, projection.labels),
+        "spread_ratio_full": class_spread_ratio(
+            arrays["features"][selected].astype(np.float64), labels[selected]
+        ),
+    }
 
 
 def _sweep_run(
@@ -276,10 +313,12 @@ def _sweep_run(
     keep_arrays: bool,
     projection: bool,
 ) -> Callable[[RunContext], tuple[Metrics, Arrays | None]]:
-    train = mlp_train_function(data, config, epochs, projection=projection and keep_arrays)
-
     def execute(_: RunContext) -> tuple[Metrics, Arrays | None]:
-        return run_trial(
+        geometry: dict[str, float] | None = {} if projection else None
+        train = mlp_train_function(
+            data, config, epochs, projection=projection and keep_arrays, geometry=geometry
+        )
+        result, arrays = run_trial(
             train,
             eps,
             style,
@@ -288,6 +327,8 @@ def _sweep_run(
             n_bins=config.n_bins,
             keep_arrays=keep_arrays,
         )
+        result.update(geometry or {})
+        return result, arrays
 
     return execute
 

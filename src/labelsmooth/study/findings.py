@@ -434,7 +434,10 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
         ].note += (
             f"; against the baseline + TS: NLL {format_delta(key_comparisons['ls_ts_vs_ts_nll'])}"
         )
+    geometry_rows, geometry_sentences = _geometry(findings, setting, baseline, arms, best)
     findings.sections[f"sweep:{setting}"] = {
+        "geometry_rows": geometry_rows,
+        "geometry_sentences": geometry_sentences,
         "baseline": baseline,
         "best": best,
         "best_ts": best_ts,
@@ -448,6 +451,64 @@ def analyse_sweep(findings: Findings, groups: Sequence[Group], setting: str) -> 
             setting, baseline, best, best_ts, oracle, verdict, key_comparisons
         ),
     }
+
+
+GEOMETRY_METRICS = ("spread_ratio_plane", "spread_ratio_full")
+
+
+def _geometry(
+    findings: Findings, setting: str, baseline: Group, arms: Sequence[Group], best: Group | None
+) -> tuple[list[Row], list[str]]:
+    """The penultimate layer's geometry in numbers: within-class spread over centroid distance
+    of the projection classes' test examples, in the template plane and in the full space, each
+    arm paired against eps=0 (runs without these metrics: nothing)."""
+    if math.isnan(baseline.mean("spread_ratio_plane")):
+        return [], []
+    rows = [
+        Row(
+            arm_label(group.params),
+            {m: group.mean(m) for m in GEOMETRY_METRICS},
+            {
+                m: None
+                if group is baseline
+                else findings.compare("sweep", setting, group, baseline, m)
+                for m in GEOMETRY_METRICS
+            },
+            note="the smoothing arm chosen on validation NLL" if group is best else "",
+        )
+        for group in [baseline, *arms]
+    ]
+    sentences = [
+        f"Penultimate geometry (within-class spread over the mean distance between class "
+        f"centroids, for the three projected classes' test examples; lower: clusters tighter "
+        f"relative to the distance between them): the baseline's ratio is "
+        f"{baseline.mean('spread_ratio_plane'):.3f} in the template plane and "
+        f"{baseline.mean('spread_ratio_full'):.3f} in the full penultimate space."
+    ]
+    if best is not None:
+        row = next(r for r in rows if r.note)
+        sentences.append(
+            f"Against the baseline, {arm_label(best.params)} (the smoothing arm with the "
+            f"lowest validation NLL, chosen among the smoothing arms) "
+            f"{_words(row.comparisons['spread_ratio_plane'], 'spread_ratio_plane')} and "
+            f"{_words(row.comparisons['spread_ratio_full'], 'spread_ratio_full')}."
+        )
+    looked = (len(rows) - 1) * len(GEOMETRY_METRICS)
+    if looked:
+        counts = []
+        for metric, where in zip(GEOMETRY_METRICS, ("template plane", "full space"), strict=True):
+            found = [r.comparisons[metric] for r in rows[1:]]
+            lowered = sum(1 for c in found if c is not None and c.significant and c.mean_delta < 0)
+            raised = sum(1 for c in found if c is not None and c.significant and c.mean_delta > 0)
+            counts.append(
+                f"in the {where}, {lowered} lie wholly below 0 (a smaller ratio than at eps=0) "
+                f"and {raised} wholly above"
+            )
+        sentences.append(
+            f"Across all {len(rows) - 1} smoothing arms ({looked} intervals, of which "
+            f"{chance_count(looked)} would exclude 0 by chance alone): " + "; ".join(counts) + "."
+        )
+    return rows, sentences
 
 
 def _temperature_note(group: Group) -> str:

@@ -280,7 +280,8 @@ def sweep_figures(
         best_arrays = store.load_arrays(best.first_key())
         if num_classes >= 3 and "features" in base and "features" in best_arrays:
             figure = Figure(figsize=(9, 4.8), layout="constrained")
-            axes = figure.subplots(1, 2)
+            # both panels on one scale, so the clusters' sizes compare at a glance
+            axes = figure.subplots(1, 2, sharex=True, sharey=True)
             for ax, (group, arrays) in zip(
                 axes, ((baseline, base), (best, best_arrays)), strict=True
             ):
@@ -303,7 +304,9 @@ def sweep_figures(
                     "penultimate_main",
                     figure,
                     "Penultimate-layer activations of three classes projected on the plane of "
-                    "their templates (Müller et al. 2019, Fig. 1).",
+                    "their templates (Müller et al. 2019, Fig. 1); both panels on one scale. "
+                    "The geometry table gives every arm's spread ratio (mean over seeds) in this "
+                    "plane and in the full penultimate space; the two need not agree.",
                 )
             )
         figure = Figure(figsize=(6.5, 4.6), layout="constrained")
@@ -408,6 +411,8 @@ def render_report(directory: str | Path) -> dict[str, Any]:
                 "sentences": section["sentences"],
                 "rows": section["rows"],
                 "ts_rows": section["ts_rows"],
+                "geometry_rows": section["geometry_rows"],
+                "geometry_sentences": section["geometry_sentences"],
                 "figures": sweep_figures(
                     store,
                     findings,
