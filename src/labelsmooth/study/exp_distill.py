@@ -52,10 +52,10 @@ from .experiments import (
     seed_data,
     split_sizes,
 )
-from .findings import Findings, Group, Row, _words, chance_count, choose, select
+from .findings import Findings, Group, Row, _words, chance_count, choose, select, validation_margin
 from .outputs import Arrays, Metrics
 from .sections import LoadArrays, SaveFigure, Section, Table
-from .stats import Comparison, format_delta, format_interval, paired_comparison
+from .stats import Comparison, format_delta, format_interval
 
 EXPERIMENT = "distillation"
 TEACHER, STUDENT = "teacher", "student"
@@ -522,9 +522,7 @@ def temperature_margin_sentence(
     n_val = info.get("n_val")
     parts = []
     for other in sorted(others, key=lambda g: float(g.params["temperature"])):
-        c = paired_comparison(
-            chosen.values("val_accuracy", seeds), other.values("val_accuracy", seeds)
-        )
+        c, _ = validation_margin(chosen, other, seeds, "val_accuracy")
         if math.isnan(c.mean_delta):
             continue
         tied = round(chosen.mean("val_accuracy") - other.mean("val_accuracy"), 12) == 0
@@ -940,10 +938,9 @@ def analyse(findings: Findings, groups: Sequence[Group]) -> None:
                 "selected_on": "validation",
                 # chosen minus each other temperature, paired by seed (validation accuracy)
                 "margins": {
-                    f"{other.params['temperature']:g}": paired_comparison(
-                        group.values("val_accuracy", findings.seeds),
-                        other.values("val_accuracy", findings.seeds),
-                    ).as_dict()
+                    f"{other.params['temperature']:g}": validation_margin(
+                        group, other, findings.seeds, "val_accuracy"
+                    )[0].as_dict()
                     for other in distilled[eps]
                     if other is not group
                 },

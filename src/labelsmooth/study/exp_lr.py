@@ -35,7 +35,16 @@ from .experiments import (
     split_sizes,
     two_settings,
 )
-from .findings import Findings, Group, Row, _words, chance_count, choose, select
+from .findings import (
+    Findings,
+    Group,
+    Row,
+    _words,
+    chance_count,
+    choose,
+    select,
+    validation_margin,
+)
 from .outputs import Arrays, Metrics
 from .sections import LoadArrays, SaveFigure, Section, Table
 from .stats import Comparison, format_interval, format_number, paired_comparison
@@ -506,23 +515,6 @@ def _interaction_sentences(
         + "; ".join(parts)
         + f" ({count} intervals; {chance_count(count)} would exclude 0 by chance alone)."
     ]
-
-
-def validation_margin(
-    arm: Group, other: Group, seeds: Sequence[int], metric: str = CHOICE_METRIC
-) -> tuple[Comparison, str]:
-    """``arm``'s validation ``metric`` (NLL by default) minus ``other``'s, paired by seed
-    (Student-t 95% interval; not a test comparison, so not recorded in findings.json's
-    comparisons), and "k of n seeds" on which ``arm``'s value was the lower."""
-    a, b = arm.values(metric, seeds), other.values(metric, seeds)
-    comparison = paired_comparison(a, b)
-    pairs = [
-        (x, y)
-        for x, y in zip(a, b, strict=True)
-        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
-    ]
-    lower = sum(1 for x, y in pairs if x < y)
-    return comparison, f"lower on {lower} of {len(pairs)} seeds"
 
 
 def _margin_words(comparison: Comparison, seeds_text: str) -> str:

@@ -43,9 +43,9 @@ from .. import metrics
 from ..functional import binary_cross_entropy_with_logits
 from .config import StudyConfig
 from .data import Split
-from .exp_lr import late_epochs, validation_margin
+from .exp_lr import late_epochs
 from .experiments import Plan, Run, RunContext, _fit, _logits, seed_data, split_sizes
-from .findings import Findings, Group, Row, _words, chance_count, choose, select
+from .findings import Findings, Group, Row, _words, chance_count, choose, select, validation_margin
 from .outputs import Arrays, Metrics
 from .sections import LoadArrays, SaveFigure, Section, Table
 from .stats import format_interval, format_number

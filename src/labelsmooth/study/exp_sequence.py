@@ -48,10 +48,10 @@ from ..kernels.linear import linear_cross_entropy
 from .config import ConfigError, StudyConfig
 from .data import Split
 from .experiments import Plan, Run, RunContext
-from .findings import Findings, Group, Row, _words, chance_count, choose, select
+from .findings import Findings, Group, Row, _words, chance_count, choose, select, validation_margin
 from .outputs import TEMPERATURE_BOUNDS, Arrays, Metrics
 from .sections import LoadArrays, SaveFigure, Section, Table
-from .stats import Comparison, format_interval, paired_comparison
+from .stats import Comparison, format_interval
 from .text import (
     IGNORE_INDEX,
     PAD,
@@ -634,7 +634,7 @@ def analyse(findings: Findings, groups: Sequence[Group]) -> None:
             chosen=True,
         )
         seeds = findings.seeds
-        against_baseline = _validation_margin(chosen, baseline, seeds)
+        against_baseline = validation_margin(chosen, baseline, seeds, "val_token_nll_ts")[0]
         runner_up = choose(
             [g for g in smoothed if g is not chosen],
             "val_token_nll_ts",
@@ -663,7 +663,7 @@ def analyse(findings: Findings, groups: Sequence[Group]) -> None:
             )
         over_runner_up = None
         if runner_up is not None:
-            over_runner_up = _validation_margin(chosen, runner_up, seeds)
+            over_runner_up = validation_margin(chosen, runner_up, seeds, "val_token_nll_ts")[0]
             lower = sum(
                 1
                 for a, b in zip(
@@ -763,14 +763,6 @@ def analyse(findings: Findings, groups: Sequence[Group]) -> None:
         "intervals": intervals,
         "diverged": sum(len(g.diverged) for g in [baseline, *smoothed]),
     }
-
-
-def _validation_margin(arm: Group, baseline: Group, seeds: Sequence[int]) -> Comparison:
-    """``arm`` minus ``baseline`` on validation token NLL after TS, paired by seed (a choice's
-    margin; not recorded among the test comparisons)."""
-    return paired_comparison(
-        arm.values("val_token_nll_ts", seeds), baseline.values("val_token_nll_ts", seeds)
-    )
 
 
 def _margin_words(comparison: Comparison) -> str:

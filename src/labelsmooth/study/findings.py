@@ -208,6 +208,19 @@ def choose(
     )
 
 
+def validation_margin(
+    arm: Group, other: Group, seeds: Sequence[int], metric: str = "val_nll"
+) -> tuple[Comparison, str]:
+    """How far a validation choice won: ``arm``'s validation ``metric`` minus ``other``'s,
+    paired by seed (Student-t 95% interval; a choice's margin, not a test comparison, so not
+    recorded among the comparisons), and "lower on k of n seeds" for ``arm``."""
+    a, b = arm.values(metric, seeds), other.values(metric, seeds)
+    comparison = paired_comparison(a, b)
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    lower = sum(1 for x, y in pairs if x < y)
+    return comparison, f"lower on {lower} of {len(pairs)} seeds"
+
+
 # ----------------------------------------------------------------------------------------------
 # Findings
 # ----------------------------------------------------------------------------------------------
