@@ -590,3 +590,31 @@ def test_report_renders_in_headless_chromium(tiny_study, tmp_path):
     images, broken = module.check_report(out / "report.html", shot)
     assert images == len(list((out / "figures").glob("*.png"))) and broken == 0
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("noise_kinds", ["gaussian"], "noise_kinds: unknown 'gaussian'"),
+        ("noise_eps", [-0.1], "noise_eps: -0.1 must be in (0, 1)"),
+        ("nls_eps", [0.2], "nls_eps: 0.2 must be negative"),
+        ("nls_noise_rates", [1.0], "nls_noise_rates: 1.0 is outside [0, 1)"),
+        ("nls_lr", 0, "nls_lr must be > 0"),
+        ("transfer_fraction", 1.0, "transfer_fraction must be in (0, 1)"),
+        ("mi_noise_std", -1, "mi_noise_std must be > 0"),
+        ("lr_grid", [0], "lr_grid: 0.0 must be > 0"),
+        ("lr_eps", [1.5], "lr_eps: eps must be <= 1"),
+        ("teacher_eps", -0.1, "teacher_eps: eps must be >= 0 with kl=True"),
+        ("multilabel_lrs", [1e-3, -1], "multilabel_lrs: -1.0 must be > 0"),
+        ("sequence_eps", [-0.1], "sequence_eps: -0.1 is outside [0, 1)"),
+        ("sequence_vocab", 5, "sequence_vocab must be >= 16"),
+        ("sequence_max_tokens", -1, "sequence_max_tokens must be >= 0"),
+        ("text", 3, "text must be a string"),
+    ],
+)
+def test_new_settings_are_checked_with_their_names(setting, value, message, tmp_path, capsys):
+    config = _toml(tmp_path / "bad.toml", {setting: value})
+    assert main(["study", "--config", str(config), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()

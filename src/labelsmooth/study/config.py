@@ -403,22 +403,28 @@ def check_config(config: StudyConfig, num_classes: int | None = None) -> None:
             f"projection_classes must be three distinct classes, got {config.projection_classes}"
         )
     k = num_classes if num_classes is not None else None
-    try:
-        for eps in config.eps:
-            for style in config.styles:
-                _checks.check_eps(eps, k, style)
-        for eps in config.noise_eps:
-            _checks.check_eps(eps, k, "uniform")
-        for eps in config.lr_eps:
-            _checks.check_eps(eps, k, "uniform")
-        for eps in config.sequence_eps:
-            _checks.check_eps(eps, None, "uniform")
-        _checks.check_eps(config.teacher_eps, k, "uniform", kl=True)
-        for eps in config.multilabel_eps:
-            for style in config.styles:
-                _checks.check_eps(eps, 2, style, binary=True)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"eps: {err}") from err
+    checks: list[tuple[str, float, str, dict[str, Any]]] = [
+        *(("eps", eps, style, {}) for eps in config.eps for style in config.styles),
+        *(("noise_eps", eps, "uniform", {}) for eps in config.noise_eps),
+        *(("lr_eps", eps, "uniform", {}) for eps in config.lr_eps),
+        ("teacher_eps", config.teacher_eps, "uniform", {"kl": True}),
+        *(
+            ("multilabel_eps", eps, style, {"binary": True})
+            for eps in config.multilabel_eps
+            for style in config.styles
+        ),
+    ]
+    for name, eps, style, options in checks:
+        try:
+            _checks.check_eps(eps, 2 if options.get("binary") else k, style, **options)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {err}") from err
+    for eps in config.sequence_eps:  # K is the corpus's vocabulary, checked when it is built
+        if not (0 <= eps < 1):
+            raise ConfigError(
+                f"sequence_eps: {eps} is outside [0, 1); the sequence experiment compares eps >= 0 "
+                "with eps 0"
+            )
     if not config.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {config.device!r}")
 
